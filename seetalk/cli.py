@@ -1,0 +1,173 @@
+"""``seetalk``: serve, run a recording through a session, list and prepare models."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from seetalk.config import ModelConfig, ServerConfig, SessionSettings, model_config_from_env
+from seetalk.errors import SeetalkError
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models (default: the embedded models; env SEETALK_* too)")
+    g.add_argument("--vad", help="Silero VAD .onnx file")
+    g.add_argument("--asr", help="whisper: 'base', 'tiny.en' or a CTranslate2 directory")
+    g.add_argument("--voice", help="piper voice .onnx (its .onnx.json beside it)")
+    g.add_argument("--llm", help="GGUF model file for llama.cpp in-process")
+    g.add_argument("--mmproj", help="projector GGUF of a local vision-language model")
+    g.add_argument("--llm-base-url", help="OpenAI-compatible server, e.g. http://host:8000/v1")
+    g.add_argument("--llm-model", help="model name on that server")
+    g.add_argument("--llm-api-key", help="API key for that server")
+
+
+def _model_cfg(a: argparse.Namespace) -> ModelConfig:
+    return model_config_from_env(
+        vad=a.vad, asr=a.asr, voice=a.voice, llm=a.llm, mmproj=a.mmproj,
+        llm_base_url=a.llm_base_url, llm_model=a.llm_model, llm_api_key=a.llm_api_key,
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="seetalk", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="serve the web client, WebRTC and the WebSocket API")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--api-key", help="require this key as a Bearer token (env SEETALK_API_KEY)")
+    s.add_argument("--max-sessions", type=int, default=8)
+    s.add_argument("--idle-timeout", type=float, default=300.0, help="seconds")
+    s.add_argument("--ice-server", action="append", default=[],
+                   help="STUN/TURN URL, optionally 'turn:host:3478|user|credential' (repeatable)")
+    s.add_argument("--certfile", help="TLS certificate (browsers need HTTPS off localhost)")
+    s.add_argument("--keyfile", help="TLS private key")
+    _model_args(s)
+
+    r = sub.add_parser("run-file", help="play a recording into a session as a live microphone")
+    r.add_argument("input", help="any audio file")
+    r.add_argument("--out", help="write the assistant's audio here (WAV, same timeline)")
+    r.add_argument("--events", help="write the events here, one JSON object per line")
+    r.add_argument("--fast", action="store_true",
+                   help="virtual clock: faster than real time; model compute takes no time")
+    r.add_argument("--camera", help="an image (a still camera) or a video file as the camera")
+    r.add_argument("--silence-ms", type=int, help="endpointing silence")
+    _model_args(r)
+
+    m = sub.add_parser("models", help="list each model role, what resolves, size and licence")
+    m.add_argument("--prepare", action="store_true", help="also build derived files (whisper base)")
+    m.add_argument("--json", action="store_true")
+    msub = m.add_subparsers(dest="models_command")
+    pull = msub.add_parser("pull", help="download a listed vision-language model (needs internet)")
+    pull.add_argument("name", nargs="?")
+    _model_args(m)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _dispatch(args)
+    except SeetalkError as exc:
+        print(f"seetalk: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    cfg = _model_cfg(args)
+    if args.command == "models":
+        return _models(args, cfg)
+    if args.command == "run-file":
+        return _run_file(args, cfg)
+    return _serve(args, cfg)
+
+
+def _models(args: argparse.Namespace, cfg: ModelConfig) -> int:
+    if args.models_command == "pull":
+        from models.pull import pull  # type: ignore[import-not-found]
+
+        return pull(args.name)
+    from models.registry import describe, format_table, prepare
+
+    rows = prepare(cfg) if args.prepare else describe(cfg)
+    if args.json:
+        print(json.dumps([r.__dict__ for r in rows], default=str, indent=2))
+    else:
+        print(format_table(rows))
+    return 0 if all(r.ok for r in rows) or not args.prepare else 1
+
+
+def _run_file(args: argparse.Namespace, cfg: ModelConfig) -> int:
+    from server.engine import Engine
+    from server.filesession import run_file
+
+    settings = SessionSettings()
+    if args.silence_ms is not None:
+        from seetalk.config import updated
+
+        settings = updated(settings, {"turn": {"silence_ms": args.silence_ms}})
+    from voice.audio import load_audio_file
+
+    load_audio_file(args.input)  # a bad file fails before the models load
+    camera: Any = None
+    if args.camera:
+        from vision.camera import FileCamera  # type: ignore[import-not-found]
+
+        camera = FileCamera.open(args.camera)
+    engine = Engine.load(cfg)
+
+    async def go() -> None:
+        try:
+            run = await run_file(engine, args.input, args.out, args.events, fast=args.fast,
+                                 settings=settings, camera=camera)
+        finally:
+            await engine.aclose()
+        for item in run.history:
+            mark = " (interrupted)" if item["interrupted"] else ""
+            print(f"{item['role']}: {item['text']}{mark}")
+
+    asyncio.run(go())
+    return 0
+
+
+def _serve(args: argparse.Namespace, cfg: ModelConfig) -> int:
+    import os
+
+    from server.app import serve
+
+    ice: list[dict[str, Any]] = []
+    for spec in args.ice_server:
+        url, *cred = spec.split("|")
+        entry: dict[str, Any] = {"urls": [url]}
+        if len(cred) == 2:
+            entry["username"], entry["credential"] = cred
+        ice.append(entry)
+    server_cfg = ServerConfig(
+        host=args.host, port=args.port,
+        api_key=args.api_key or os.environ.get("SEETALK_API_KEY") or None,
+        max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout,
+        ice_servers=tuple(ice), certfile=args.certfile, keyfile=args.keyfile,
+    )
+    if bool(server_cfg.certfile) != bool(server_cfg.keyfile):
+        print("seetalk: --certfile and --keyfile go together", file=sys.stderr)
+        return 2
+    for path in (server_cfg.certfile, server_cfg.keyfile):
+        if path and not Path(path).is_file():
+            print(f"seetalk: {path} does not exist", file=sys.stderr)
+            return 2
+    serve(cfg, server_cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""seetalk server: the conversation engine and its transports (WebRTC, HTTP)."""

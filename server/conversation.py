@@ -1,0 +1,76 @@
+"""The conversation history: items in order, as the person experienced them.
+
+An interrupted assistant message holds only the words that were played (or, over the
+WebSocket API, what the client reports as heard with ``conversation.item.truncate``),
+and is marked interrupted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from server import events as ev
+from vision.backends import ChatMessage
+
+
+@dataclass
+class Item:
+    id: str
+    role: str  # "user" | "assistant"
+    text: str
+    interrupted: bool = False
+    images: tuple[bytes, ...] = field(default=(), repr=False)
+    source: str = "audio"  # "audio" | "text"
+
+    def to_event_item(self) -> dict:
+        if self.role == "user":
+            if self.source == "text":
+                return ev.user_item(self.id, text=self.text, images=len(self.images))
+            return ev.user_item(self.id, transcript=self.text, images=len(self.images))
+        status = "incomplete" if self.interrupted else "completed"
+        return ev.assistant_item(self.id, self.text, status=status)
+
+
+class Conversation:
+    """Bounded history: at most ``max_items`` are kept (the oldest go first)."""
+
+    def __init__(self, max_items: int = 200) -> None:
+        self.items: list[Item] = []
+        self.max_items = max_items
+
+    @property
+    def last_id(self) -> str | None:
+        return self.items[-1].id if self.items else None
+
+    def add(self, item: Item) -> str | None:
+        """Append ``item``; returns the id of the item before it."""
+        previous = self.last_id
+        self.items.append(item)
+        del self.items[: max(0, len(self.items) - self.max_items)]
+        return previous
+
+    def get(self, item_id: str) -> Item | None:
+        return next((i for i in self.items if i.id == item_id), None)
+
+    def delete(self, item_id: str) -> bool:
+        before = len(self.items)
+        self.items = [i for i in self.items if i.id != item_id]
+        return len(self.items) != before
+
+    def messages(self, instructions: str, turns: int, *, with_images: bool = True) -> list[ChatMessage]:
+        """The chat the model sees: the instructions, then the last ``turns`` items. Images
+        go only with the newest user message that has them (older frames cost context)."""
+        recent = [i for i in self.items if i.text.strip() or i.images][-turns:]
+        newest_with_images = next((i.id for i in reversed(recent) if i.images), None)
+        out = [ChatMessage("system", instructions)]
+        for item in recent:
+            text = item.text.strip()
+            if item.role == "assistant" and item.interrupted:
+                text = f"{text} ..." if text else "..."
+            images = item.images if with_images and item.id == newest_with_images else ()
+            role = "user" if item.role == "user" else "assistant"
+            if out[-1].role == role and role == "user" and not out[-1].images:
+                out[-1] = ChatMessage("user", f"{out[-1].text}\n{text}", images)
+            else:
+                out.append(ChatMessage(role, text or "...", images))  # type: ignore[arg-type]
+        return out

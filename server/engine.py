@@ -1,0 +1,94 @@
+"""The engine: the models every session shares, loaded once, each with its own executor.
+
+Model inference never runs on the event loop: each model has a single-thread executor, so
+one model's work queues behind itself and never behind another's.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from seetalk.clock import Clock
+from seetalk.config import ModelConfig, SessionSettings
+from vision.backends import ChatBackend, make_backend
+from voice.asr import Transcriber
+from voice.tts import Synthesizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Engine:
+    cfg: ModelConfig
+    vad_path: Path
+    transcriber: Transcriber
+    synthesizer: Synthesizer
+    backend: ChatBackend
+    vision: Any = None  # vision.scene notes / frame selection, when loaded
+    load_times: dict[str, float] = field(default_factory=dict)
+    asr_executor: concurrent.futures.ThreadPoolExecutor = field(
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="asr"))
+    tts_executor: concurrent.futures.ThreadPoolExecutor = field(
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tts"))
+    vad_executor: concurrent.futures.ThreadPoolExecutor = field(
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vad"))
+    vision_executor: concurrent.futures.ThreadPoolExecutor = field(
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vision"))
+
+    @classmethod
+    def load(cls, cfg: ModelConfig | None = None, *, warm: bool = True) -> Engine:
+        """Resolve every role and (with ``warm``) load the models. Synchronous and slow:
+        call it once at start-up, in a thread when a loop is running. Raises
+        :class:`~seetalk.errors.ModelNotFound` naming what to install."""
+        from models.registry import resolve_asr, resolve_llm, resolve_vad, resolve_voice
+
+        cfg = cfg or ModelConfig()
+        onnx, config = resolve_voice(cfg)
+        engine = cls(
+            cfg=cfg,
+            vad_path=resolve_vad(cfg),
+            transcriber=Transcriber(resolve_asr(cfg), threads=cfg.asr_threads),
+            synthesizer=Synthesizer(onnx, config),
+            backend=make_backend(cfg, resolve_llm),
+        )
+        engine.vision = _load_vision(cfg)
+        if warm:
+            engine.warmup()
+        return engine
+
+    def warmup(self) -> None:
+        """Load every model now, so the first turn does not pay for it."""
+        for name, load in (
+            ("asr", self.transcriber.load),
+            ("tts", self.synthesizer.load),
+            ("llm", getattr(self.backend, "warmup", lambda: None)),
+        ):
+            t0 = time.perf_counter()
+            load()
+            self.load_times[name] = round(time.perf_counter() - t0, 3)
+        log.info("models loaded: %s", self.load_times)
+
+    def new_session(self, settings: SessionSettings | None = None, *, playout: str = "paced",
+                    clock: Clock | None = None, session_id: str | None = None):  # type: ignore[no-untyped-def]
+        from server.session import Session
+
+        return Session(self, settings or SessionSettings(), playout=playout, clock=clock,
+                       session_id=session_id)
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+        for ex in (self.asr_executor, self.tts_executor, self.vad_executor, self.vision_executor):
+            ex.shutdown(wait=False, cancel_futures=True)
+
+
+def _load_vision(cfg: ModelConfig) -> Any:
+    try:
+        from vision.scene import SceneDescriber  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return SceneDescriber.from_config(cfg)

@@ -1,0 +1,144 @@
+"""One :class:`Reply` per assistant turn: its text, its audio segments and how far it played.
+
+Playout reports carry the reply and the position reached in samples, never a counter, so the
+words the person actually heard can be computed at any moment (:meth:`Reply.heard_text`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from server.events import new_id
+from voice.tts import heard_text
+
+
+@dataclass
+class Segment:
+    """A synthesized clause: its text and where its audio lies in the reply's audio."""
+
+    text: str
+    start: int  # first sample, counted from the reply's first sample
+    audio: np.ndarray  # int16 mono at the output rate
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.audio)
+
+
+@dataclass
+class TurnTimes:
+    """Clock times (seconds, the session's clock) of the stages of one turn, for metrics."""
+
+    speech_end: float | None = None
+    endpoint: float | None = None
+    final_ready: float | None = None
+    llm_start: float | None = None
+    first_token: float | None = None
+    first_clause: float | None = None
+    tts_start: float | None = None
+    first_audio_ready: float | None = None
+    first_audio_out: float | None = None
+    preemptive: bool = False
+
+    def metrics(self) -> dict[str, float | None]:
+        """Per-stage milliseconds; see docs/events.md (``seetalk.turn.metrics``)."""
+
+        def span(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None else round((b - a) * 1000, 1)
+
+        def after_endpoint(a: float | None, b: float | None) -> float:
+            # The part of [a, b] that lies after the endpoint: compute on the critical path.
+            if a is None or b is None or self.endpoint is None:
+                return 0.0
+            return max(0.0, b - max(a, self.endpoint))
+
+        out: dict[str, float | None] = {
+            "endpoint_ms": span(self.speech_end, self.endpoint),
+            "asr_final_ms": span(self.endpoint, self.final_ready),
+            "llm_first_token_ms": span(self.llm_start, self.first_token),
+            "first_audio_ready_ms": span(self.endpoint, self.first_audio_ready),
+            "voice_to_voice_ms": span(self.speech_end, self.first_audio_out),
+            "preemptive": 1.0 if self.preemptive else 0.0,
+        }
+        if self.endpoint is not None and self.first_audio_out is not None:
+            compute = (
+                after_endpoint(self.endpoint, self.final_ready)
+                + after_endpoint(self.llm_start, self.first_clause)
+                + after_endpoint(self.tts_start, self.first_audio_ready)
+            )
+            out["compute_ms"] = round(compute * 1000, 1)
+            out["overhead_ms"] = round((self.first_audio_out - self.endpoint - compute) * 1000, 1)
+        return out
+
+
+@dataclass
+class Reply:
+    """An assistant turn in progress. ``id`` is the response id, ``item_id`` its message item."""
+
+    rate: int
+    id: str = field(default_factory=lambda: new_id("resp"))
+    item_id: str = field(default_factory=lambda: new_id("item"))
+    text: str = ""  # everything the model generated so far
+    segments: list[Segment] = field(default_factory=list)
+    played: int = 0  # samples played (paced) or sent (push)
+    status: str = "in_progress"  # completed | cancelled | failed
+    held: bool = False  # a preemptive reply, not to be played until adopted
+    generation_done: bool = False
+    synthesis_done: bool = False
+    started_audio: bool = False
+    error: dict | None = None  # why the model failed, when it did
+    times: TurnTimes = field(default_factory=TurnTimes)
+    text_changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def synthesized_chars(self) -> int:
+        return sum(len(s.text) for s in self.segments)
+
+    @property
+    def total_samples(self) -> int:
+        return self.segments[-1].end if self.segments else 0
+
+    @property
+    def finished_playing(self) -> bool:
+        return self.synthesis_done and self.played >= self.total_samples
+
+    def append_text(self, delta: str) -> None:
+        self.text += delta
+        self.text_changed.set()
+
+    def add_segment(self, text: str, audio: np.ndarray) -> Segment:
+        segment = Segment(text, self.total_samples, audio)
+        self.segments.append(segment)
+        return segment
+
+    def spoken_text(self) -> str:
+        """The text of every synthesized segment (what was or will be spoken)."""
+        return " ".join(s.text.strip() for s in self.segments if s.text.strip())
+
+    def heard_text(self, position: int | None = None) -> str:
+        """The words played up to ``position`` samples (default: the playout position)."""
+        pos = self.played if position is None else position
+        words: list[str] = []
+        for seg in self.segments:
+            if pos >= seg.end:
+                words.append(seg.text.strip())
+            elif pos > seg.start:
+                words.append(heard_text(seg.text, (pos - seg.start) / max(1, len(seg.audio))))
+                break
+            else:
+                break
+        return " ".join(w for w in words if w)
+
+    def unplayed_audio(self) -> list[np.ndarray]:
+        """The audio after the playout position, segment by segment (for resuming)."""
+        out = []
+        for seg in self.segments:
+            if seg.end > self.played:
+                out.append(seg.audio[max(0, self.played - seg.start):])
+        return out
+
+    def position_ms(self, position: int | None = None) -> int:
+        return int((self.played if position is None else position) * 1000 / self.rate)

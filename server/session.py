@@ -1,0 +1,690 @@
+"""A session: one person talking with seetalk, whatever the transport.
+
+Glue only: it moves audio into voice activity detection and recognition, hands what happens
+to the pure :class:`~server.turns.TurnTaker`, and runs the actions it returns (recognize,
+reply, stop, resume). Transports push input, pull output and read :attr:`Session.events`
+(see docs/session-api.md). Every task is owned by the session and ends with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from seetalk.clock import Clock, MonotonicClock
+from seetalk.config import SessionSettings, updated
+from seetalk.errors import ConfigError, InvalidEvent, SeetalkError
+from server import events as ev
+from server import turns as tt
+from server.audio_out import AudioOutput
+from server.conversation import Conversation, Item
+from server.reply import Reply
+from server.speaker import Busy, Speaker, _cancel
+from vision.backends import GenerationSettings
+from voice.asr import StreamingRecognizer
+from voice.audio import StreamResampler, s16_interleaved_to_mono_float
+from voice.vad import SileroVad, VoiceActivity
+
+if TYPE_CHECKING:
+    from server.engine import Engine
+
+log = logging.getLogger(__name__)
+
+RATE = 16_000  # the models' input rate
+INPUT_QUEUE_CHUNKS = 150  # about 3 s of 20 ms frames; overflow policy: drop the oldest
+EVENT_QUEUE_MAX = 2000  # overflow policy: drop the oldest event
+RECENT_S = 2.0  # audio kept before an utterance starts (prefix padding comes from it)
+
+
+class EventQueue:
+    """Bounded event queue; when a consumer stalls, the oldest events are dropped."""
+
+    def __init__(self, maxsize: int = EVENT_QUEUE_MAX) -> None:
+        self._items: deque[dict[str, Any]] = deque()
+        self._ready = asyncio.Event()
+        self.maxsize = maxsize
+        self.dropped = 0
+
+    def put(self, event: dict[str, Any]) -> None:
+        if len(self._items) >= self.maxsize:
+            self._items.popleft()
+            self.dropped += 1
+        self._items.append(event)
+        self._ready.set()
+
+    async def get(self) -> dict[str, Any]:
+        """The next event. Cancelling it is safe."""
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+    def get_nowait(self) -> dict[str, Any] | None:
+        return self._items.popleft() if self._items else None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Session:
+    def __init__(self, engine: Engine, settings: SessionSettings, *, playout: str = "paced",
+                 clock: Clock | None = None, session_id: str | None = None) -> None:
+        if playout not in ("paced", "push"):
+            raise ValueError("playout is 'paced' or 'push'")
+        self.engine = engine
+        self.settings = settings
+        self.playout = playout
+        self.clock = clock or MonotonicClock()
+        self.id = session_id or ev.new_id("sess")
+        self.events = EventQueue()
+        self.audio_out = AudioOutput(settings.output_rate, on_playout=self._on_playout)
+        self.turns = tt.TurnTaker(settings.turn)
+        self.conversation = Conversation()
+        self.busy = Busy()
+        self.closed = False
+        self.last_activity = self.clock.now()
+        self.frames: Any = None  # camera frames, when the vision stage is present
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._speaker = Speaker(engine, self.audio_out, self.emit, self.clock, self.busy, self.spawn)
+        self._vad = VoiceActivity(SileroVad(engine.vad_path), settings.turn)
+        self._recognizer = StreamingRecognizer(
+            engine.transcriber, engine.asr_executor, on_partial=self._on_partial
+        )
+        self._resampler: StreamResampler | None = None
+        self._resampler_rate = 0
+        self._input: deque[np.ndarray] = deque()
+        self._input_ready = asyncio.Event()
+        self._input_dropped = 0
+        self._samples = 0  # 16 kHz samples processed: the input timeline
+        self._arrival: tuple[int, float] = (0, 0.0)  # (sample count, clock) at the last push
+        self._recent: deque[np.ndarray] = deque()
+        self._recent_samples = 0
+        self._user_item: str | None = None  # the user item of the utterance in progress
+        self._partial = ""
+        self._speech_end_clock: float | None = None
+        self._endpoint_clock: float | None = None
+        self._reply: Reply | None = None  # the reply of the current turn
+        self._held: Reply | None = None  # a preemptive reply, not yet confirmed
+        self._finalizing: asyncio.Task[None] | None = None
+        self._final_clock: float | None = None
+        self._finished: deque[Reply] = deque(maxlen=8)  # ended replies a client may truncate
+        self._manual_audio = False  # turn mode "none": audio since the last commit
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.spawn(self._input_loop())
+        self.emit(ev.session_created(self.describe()))
+
+    async def aclose(self) -> None:
+        """End the session: cancel and await every task it owns. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        await self._recognizer.aclose()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        current = asyncio.current_task()
+        for task in tasks:
+            if task is current:
+                continue
+            try:
+                await task
+            except asyncio.CancelledError:
+                if current is not None and current.cancelling():
+                    raise
+            except Exception:  # noqa: BLE001
+                log.exception("session task failed at close")
+        self._tasks.clear()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task owned by this session."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("session %s task failed", self.id, exc_info=exc)
+            self.emit(ev.error({"type": "server_error", "code": "internal_error",
+                                "message": f"internal error: {exc}", "param": None,
+                                "event_id": None}))
+
+    @property
+    def quiet(self) -> bool:
+        """Nobody speaks and nothing is pending: no utterance, reply or model work."""
+        return (
+            not self.turns.in_utterance
+            and self._reply is None
+            and self._held is None
+            and not self.busy.count
+            and self.audio_out.buffered_samples == 0
+            and (self._finalizing is None or self._finalizing.done())
+        )
+
+    @property
+    def task_count(self) -> int:
+        return len(self._tasks)
+
+    def emit(self, event: dict[str, Any]) -> None:
+        self.events.put(event)
+
+    def describe(self) -> dict[str, Any]:
+        """The session object of ``session.created``/``session.updated`` (OpenAI shape)."""
+        turn = self.settings.turn
+        detection = None if turn.mode == "none" else {
+            "type": "server_vad", "threshold": turn.vad_threshold,
+            "prefix_padding_ms": turn.prefix_padding_ms, "silence_duration_ms": turn.silence_ms,
+            "create_response": True, "interrupt_response": turn.interrupt,
+        }
+        return {
+            "type": "realtime", "id": self.id, "object": "realtime.session", "model": "seetalk",
+            "instructions": self.settings.instructions, "output_modalities": ["audio"],
+            "audio": {
+                "input": {"format": {"type": "audio/pcm", "rate": 24000},
+                          "turn_detection": detection},
+                "output": {"format": {"type": "audio/pcm", "rate": 24000},
+                           "voice": self.settings.voice},
+            },
+            "seetalk": {"turn": {k: getattr(turn, k) for k in turn.__dataclass_fields__},
+                        "output_rate": self.settings.output_rate},
+        }
+
+    # --- input -----------------------------------------------------------------------------
+
+    def push_audio(self, samples: np.ndarray, rate: int, channels: int = 1) -> None:
+        """Queue microphone audio (int16 interleaved or float32). Non-blocking; when the queue
+        is full the oldest audio is dropped (and counted)."""
+        if self.closed:
+            return
+        audio = self._to_model_rate(samples, rate, channels)
+        if audio.size == 0:
+            return
+        if len(self._input) >= INPUT_QUEUE_CHUNKS:
+            self._input.popleft()
+            self._input_dropped += 1
+        self._input.append(audio)
+        self._input_ready.set()
+        self.last_activity = self.clock.now()
+
+    async def feed_audio(self, samples: np.ndarray, rate: int, channels: int = 1) -> None:
+        """Process audio now, in order (file sessions on a virtual clock)."""
+        audio = self._to_model_rate(samples, rate, channels)
+        if audio.size:
+            self.last_activity = self.clock.now()
+            await self._process(audio)
+
+    async def wait_idle(self) -> None:
+        """Wait until no model work is in flight (virtual-time runs step on this)."""
+        while self._input or self.busy.count or self._recognizer.busy or (
+            self._finalizing is not None and not self._finalizing.done()
+        ):
+            await asyncio.sleep(0.002)
+
+    def _to_model_rate(self, samples: np.ndarray, rate: int, channels: int) -> np.ndarray:
+        a = np.asarray(samples)
+        if a.dtype == np.int16:
+            mono = s16_interleaved_to_mono_float(a.reshape(-1), channels)
+        elif a.dtype in (np.float32, np.float64):
+            flat = a.astype(np.float32).reshape(-1)
+            mono = flat.reshape(-1, channels).mean(axis=1) if channels > 1 else flat
+        else:
+            raise InvalidEvent(f"unsupported sample format {a.dtype}", code="invalid_audio")
+        if rate == RATE:
+            return mono.astype(np.float32)
+        if self._resampler is None or self._resampler_rate != rate:
+            self._resampler = StreamResampler(rate, RATE)
+            self._resampler_rate = rate
+        return self._resampler.process(mono)
+
+    async def _input_loop(self) -> None:
+        while True:
+            while not self._input:
+                self._input_ready.clear()
+                await self._input_ready.wait()
+            await self._process(self._input.popleft())
+
+    async def _process(self, audio: np.ndarray) -> None:
+        self._arrival = (self._samples + audio.size, self.clock.now())
+        self._remember(audio)
+        start = self._samples
+        self._samples += audio.size
+        mode_none = self.settings.turn.mode == "none"
+        if self.turns.in_utterance:
+            self._recognizer.append(audio)
+        elif mode_none:
+            self._apply(self.turns.speech_started(start / RATE))
+            self._recognizer.append(audio)
+        loop = asyncio.get_running_loop()
+        transitions = await loop.run_in_executor(self.engine.vad_executor, self._vad.feed, audio)
+        if mode_none:
+            return
+        for tr in transitions:
+            t = tr.sample / RATE
+            if tr.kind == "speech_start":
+                self._apply(self.turns.speech_started(t))
+            else:
+                self._speech_end_clock = self._clock_at(tr.sample)
+                self._apply(self.turns.speech_stopped(t))
+        self._apply(self.turns.tick(self._samples / RATE))
+
+    def _remember(self, audio: np.ndarray) -> None:
+        self._recent.append(audio)
+        self._recent_samples += audio.size
+        while self._recent_samples - self._recent[0].size > RECENT_S * RATE:
+            self._recent_samples -= self._recent.popleft().size
+
+    def _recent_audio(self, since: float) -> np.ndarray:
+        audio = np.concatenate(list(self._recent)) if self._recent else np.zeros(0, np.float32)
+        keep = int(max(0.0, self._samples / RATE - since) * RATE)
+        return audio[-keep:] if keep else audio[:0]
+
+    def _clock_at(self, sample: int) -> float:
+        end, at = self._arrival
+        return at - (end - sample) / RATE
+
+    # --- the turn-taker's actions -----------------------------------------------------------
+
+    def _apply(self, actions: list[tt.Action]) -> None:
+        for action in actions:
+            match action:
+                case tt.UtteranceStarted(t=t):
+                    self._start_utterance(t)
+                case tt.RecognitionPaused():
+                    self._recognizer.pause()
+                    self.spawn(self._speculate())
+                case tt.RecognitionResumed():
+                    self._recognizer.resume()
+                case tt.StartPreemptive(text=text):
+                    self._start_preemptive(text)
+                case tt.CancelPreemptive():
+                    self._drop_held()
+                case tt.EndOfTurn(start=start, end=end):
+                    self._end_of_turn(start, end)
+                case tt.AdoptPreemptive():
+                    self._adopt()
+                case tt.Respond(text=text):
+                    self._respond()
+                case tt.DiscardUtterance():
+                    self._discard_utterance()
+                case tt.PauseReply(reply_id=rid, onset=onset):
+                    self._pause_reply(rid, onset)
+                case tt.InterruptReply(reply_id=rid):
+                    self._interrupt_reply(rid, "turn_detected")
+                case tt.ResumeReply(reply_id=rid):
+                    self._resume_reply(rid)
+                case tt.CancelPendingReply(reply_id=rid):
+                    self._interrupt_reply(rid, "turn_detected")
+
+    def _start_utterance(self, onset: float) -> None:
+        self._user_item = ev.new_id("item")
+        self._partial = ""
+        self._recognizer.begin()
+        pad = self.settings.turn.prefix_padding_ms / 1000
+        self._recognizer.append(self._recent_audio(max(0.0, onset - pad)))
+        self.emit(ev.speech_started(self._user_item, int(onset * 1000)))
+
+    def _on_partial(self, text: str) -> None:
+        if self._user_item is None or not text.strip():
+            return
+        old, self._partial = self._partial, text.strip()
+        delta = self._partial[len(old):] if self._partial.startswith(old) else self._partial
+        self.emit(ev.transcription_delta(self._user_item, delta, self._partial))
+        self._apply(self.turns.partial(text))
+
+    async def _speculate(self) -> None:
+        """Wait for the speculative final transcript and offer it to the turn-taker."""
+        text = await self._recognizer.speculative_result()
+        if text is not None:
+            self._apply(self.turns.speculative_final(text))
+
+    def _end_of_turn(self, start: float, end: float) -> None:
+        item = self._user_item or ev.new_id("item")
+        self._user_item = item
+        self._endpoint_clock = self.clock.now()
+        self.emit(ev.speech_stopped(item, int(end * 1000)))
+        self._finalizing = self.spawn(self._finalize(item, end - start))
+
+    async def _finalize(self, item_id: str, seconds: float) -> None:
+        with self.busy():
+            text = (await self._recognizer.finalize()).strip()
+        self._final_clock = self.clock.now()
+        if tt.has_words(text):
+            previous = self.conversation.add(Item(item_id, "user", text, images=self._images_for_turn()))
+            self.emit(ev.input_committed(item_id, previous))
+            self.emit(ev.transcription_completed(item_id, text, seconds))
+            user = self.conversation.get(item_id)
+            assert user is not None
+            self.emit(ev.item_added(user.to_event_item(), previous))
+            self.emit(ev.item_done(user.to_event_item(), previous))
+        self._user_item = None
+        self._apply(self.turns.final(text))
+
+    def _images_for_turn(self) -> tuple[bytes, ...]:
+        if self.frames is None:
+            return ()
+        return tuple(self.frames.select_for_turn(self))
+
+    def _discard_utterance(self) -> None:
+        if self._user_item is not None:
+            self.emit(ev.input_cleared())
+        self._user_item = None
+        self._recognizer.discard()
+
+    # --- replies ----------------------------------------------------------------------------
+
+    def _new_reply(self, *, held: bool) -> Reply:
+        reply = Reply(rate=self.settings.output_rate, held=held)
+        reply.times.speech_end = self._speech_end_clock
+        reply.times.endpoint = self._endpoint_clock
+        return reply
+
+    def _generation(self) -> GenerationSettings:
+        return GenerationSettings(max_tokens=self.settings.max_output_tokens,
+                                  temperature=self.settings.temperature)
+
+    def _run(self, reply: Reply, user_text: str | None = None) -> None:
+        messages = self.conversation.messages(self.settings.instructions, self.settings.history_turns)
+        if user_text is not None:  # preemptive: the user's words are not in history yet
+            from vision.backends import ChatMessage
+
+            messages.append(ChatMessage("user", user_text))
+        item = self._user_item
+        self._speaker.start(reply, messages, self._generation(),
+                            lambda why: self.emit(ev.images_dropped(item or "", why)))
+
+    def _start_preemptive(self, text: str) -> None:
+        self._drop_held()
+        self._held = self._new_reply(held=True)
+        self._held.times.preemptive = True
+        self._run(self._held, text)
+
+    def _drop_held(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.status = "cancelled"
+            self.spawn(self._speaker.cancel(held))
+
+    def _adopt(self) -> None:
+        reply, self._held = self._held, None
+        if reply is None:
+            self._respond()
+            return
+        reply.times.endpoint = self._endpoint_clock
+        reply.times.final_ready = self._final_clock
+        self._reply = reply
+        self.turns.reply_started(reply.id)
+        self._speaker.adopt(reply)
+
+    def _respond(self) -> None:
+        """Start a reply to the conversation as it stands."""
+        if self._reply is not None and self._reply.status == "in_progress":
+            self._interrupt_reply(self._reply.id, "turn_detected")
+        reply = self._new_reply(held=False)
+        reply.times.final_ready = self._final_clock
+        self._reply = reply
+        self.turns.reply_started(reply.id)
+        self._speaker.announce(reply)
+        self._run(reply)
+
+    def _find_reply(self, reply_id: str) -> Reply | None:
+        for reply in (self._reply, self._held):
+            if reply is not None and reply.id == reply_id:
+                return reply
+        return None
+
+    def _pause_reply(self, reply_id: str, onset: float) -> None:
+        reply = self._find_reply(reply_id)
+        if reply is None:
+            return
+        self.audio_out.clear()
+        now_ms = int(self._samples * 1000 / RATE)
+        self.emit(ev.output_audio_cleared(reply.id))
+        self.emit(ev.reply_paused(reply.id, reply.position_ms()))
+        self.emit(ev.barge_in(reply.id, int(onset * 1000), now_ms))
+        self.spawn(self._speaker.pause(reply))
+
+    def _resume_reply(self, reply_id: str) -> None:
+        reply = self._find_reply(reply_id)
+        if reply is None or reply.status != "in_progress":
+            return
+        self.emit(ev.reply_resumed(reply.id, reply.position_ms()))
+        self.turns.reply_started(reply.id)
+        if reply.started_audio:
+            self.turns.reply_audible(reply.id)
+        self._speaker.resume(reply)
+
+    def _interrupt_reply(self, reply_id: str, reason: str) -> None:
+        """Cancel a reply; commit only what was heard, marked interrupted."""
+        reply = self._find_reply(reply_id)
+        if reply is None or reply.status != "in_progress":
+            return
+        if self.audio_out.current is reply or reply.played < reply.total_samples:
+            self.audio_out.clear()
+        reply.status = "cancelled"
+        self._finished.append(reply)
+        self.spawn(self._speaker.cancel(reply))
+        self.turns.reply_ended(reply.id)
+        if self._reply is reply:
+            self._reply = None
+        heard = reply.heard_text()
+        output: list[dict[str, Any]] = []
+        if reply.started_audio:
+            item = Item(reply.item_id, "assistant", heard, interrupted=True)
+            previous = self.conversation.add(item)
+            self.emit(ev.item_truncated(reply.item_id, reply.position_ms(), heard))
+            self.emit(ev.item_done(item.to_event_item(), previous))
+            output = [item.to_event_item()]
+        self.emit(ev.response_done(reply.id, "cancelled", output, reason=reason))
+
+    def _on_playout(self, reply: Reply, what: str) -> None:
+        if what == "started":
+            reply.times.first_audio_out = self.clock.now()
+            self.turns.reply_audible(reply.id)
+            self.emit(ev.output_audio_started(reply.id))
+            self.emit(ev.turn_metrics(reply.id, reply.times.metrics()))
+            return
+        reply.status = "completed" if reply.error is None else "failed"
+        self._finished.append(reply)
+        text = reply.spoken_text()
+        item = Item(reply.item_id, "assistant", text)
+        previous = self.conversation.add(item)
+        self.turns.reply_ended(reply.id)
+        if self._reply is reply:
+            self._reply = None
+        self._speaker.forget(reply)
+        self.emit(ev.audio_transcript_done(reply.id, reply.item_id, text))
+        self.emit(ev.content_part_done(reply.id, reply.item_id, text))
+        self.emit(ev.output_item_done(reply.id, item.to_event_item()))
+        self.emit(ev.item_done(item.to_event_item(), previous))
+        self.emit(ev.output_audio_stopped(reply.id))
+        self.emit(ev.response_done(reply.id, reply.status, [item.to_event_item()], err=reply.error))
+
+    # --- client events ------------------------------------------------------------------
+
+    async def handle_client_event(self, event: dict[str, Any]) -> None:
+        """Act on a client event (OpenAI Realtime shape). Anything wrong becomes an ``error``
+        event; the session goes on."""
+        event_id = event.get("event_id") if isinstance(event, dict) else None
+        try:
+            if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+                raise InvalidEvent("an event is a JSON object with a string 'type'",
+                                   code="invalid_event", param="type")
+            handler = _HANDLERS.get(event["type"])
+            if handler is None:
+                raise InvalidEvent(f"unknown event type {event['type']!r}",
+                                   code="unknown_event_type", param="type")
+            await handler(self, event)
+        except SeetalkError as exc:
+            exc.event_id = exc.event_id or (event_id if isinstance(event_id, str) else None)
+            self.emit(ev.error(exc.to_event_error()))
+
+    async def _on_session_update(self, event: dict[str, Any]) -> None:
+        session = event.get("session")
+        if not isinstance(session, dict):
+            raise InvalidEvent("session.update needs a 'session' object", param="session")
+        self.settings = updated(self.settings, session_changes(session))
+        self.turns.update_settings(self.settings.turn)
+        self.emit(ev.session_updated(self.describe()))
+
+    async def _on_item_create(self, event: dict[str, Any]) -> None:
+        item = event.get("item")
+        if not isinstance(item, dict) or item.get("type", "message") != "message":
+            raise InvalidEvent("conversation.item.create needs a message 'item'", param="item")
+        role = item.get("role")
+        if role not in ("user", "assistant", "system"):
+            raise InvalidEvent("item.role must be user, assistant or system", param="item.role")
+        content = item.get("content")
+        if not isinstance(content, list) or not content:
+            raise InvalidEvent("item.content must be a non-empty list", param="item.content")
+        texts: list[str] = []
+        images: list[bytes] = []
+        for part in content:
+            if not isinstance(part, dict):
+                raise InvalidEvent("each content part is an object", param="item.content")
+            kind = part.get("type")
+            if kind in ("input_text", "text", "output_text"):
+                if not isinstance(part.get("text"), str):
+                    raise InvalidEvent("a text part needs 'text'", param="item.content.text")
+                texts.append(part["text"])
+            elif kind == "input_image":
+                from vision.images import decode_data_url  # type: ignore[import-not-found]
+
+                images.append(decode_data_url(part.get("image_url")))
+            elif kind == "input_audio" and isinstance(part.get("transcript"), str):
+                texts.append(part["transcript"])
+            else:
+                raise InvalidEvent(f"unsupported content part {kind!r}", param="item.content.type")
+        item_id = item.get("id") if isinstance(item.get("id"), str) else ev.new_id("item")
+        new = Item(item_id, "assistant" if role == "assistant" else "user", " ".join(texts),
+                   images=tuple(images), source="text")
+        previous = self.conversation.add(new)
+        self.emit(ev.item_added(new.to_event_item(), previous))
+        self.emit(ev.item_done(new.to_event_item(), previous))
+
+    async def _on_response_create(self, event: dict[str, Any]) -> None:
+        self._final_clock = self.clock.now()
+        self._endpoint_clock = self._final_clock
+        self._speech_end_clock = self._final_clock
+        self._respond()
+
+    async def _on_response_cancel(self, event: dict[str, Any]) -> None:
+        reply = self._reply
+        if reply is None:
+            return  # nothing to cancel is not an error (OpenAI clients send it freely)
+        self._interrupt_reply(reply.id, "client_cancelled")
+
+    async def _on_input_commit(self, event: dict[str, Any]) -> None:
+        if not self.turns.in_utterance:
+            raise InvalidEvent("the input audio buffer is empty", code="input_audio_buffer_commit_empty")
+        self._speech_end_clock = self.clock.now()
+        self._apply(self.turns.commit(self._samples / RATE))
+
+    async def _on_input_clear(self, event: dict[str, Any]) -> None:
+        if self.turns.in_utterance:
+            self.turns.final("")
+        self._discard_utterance()
+
+    async def _on_item_truncate(self, event: dict[str, Any]) -> None:
+        item_id, end_ms = event.get("item_id"), event.get("audio_end_ms")
+        if not isinstance(item_id, str):
+            raise InvalidEvent("item_id is required", param="item_id")
+        if not isinstance(end_ms, int) or isinstance(end_ms, bool) or end_ms < 0:
+            raise InvalidEvent("audio_end_ms must be a non-negative integer", param="audio_end_ms")
+        candidates = [self._reply, *self._finished]
+        reply = next((r for r in candidates if r is not None and r.item_id == item_id), None)
+        item = self.conversation.get(item_id)
+        if reply is None and (item is None or item.role != "assistant"):
+            raise InvalidEvent(f"no assistant audio item {item_id!r}", code="item_not_found",
+                               param="item_id")
+        if reply is None:
+            raise InvalidEvent(f"item {item_id!r} has no audio to truncate", param="item_id")
+        position = min(reply.total_samples, end_ms * reply.rate // 1000)
+        if reply.status == "in_progress":
+            reply.played = min(reply.played, position)
+            self._interrupt_reply(reply.id, "client_cancelled")
+        heard = reply.heard_text(position)
+        target = self.conversation.get(item_id)
+        if target is not None:
+            target.text, target.interrupted = heard, True
+        self.emit(ev.item_truncated(item_id, end_ms, heard))
+
+    async def _on_item_delete(self, event: dict[str, Any]) -> None:
+        item_id = event.get("item_id")
+        if not isinstance(item_id, str) or not self.conversation.delete(item_id):
+            raise InvalidEvent(f"no item {item_id!r}", code="item_not_found", param="item_id")
+        self.emit(ev.item_deleted(item_id))
+
+    async def _on_output_clear(self, event: dict[str, Any]) -> None:
+        reply = self.audio_out.clear()
+        if reply is not None:
+            self.emit(ev.output_audio_cleared(reply.id))
+
+
+_HANDLERS = {
+    "session.update": Session._on_session_update,
+    "conversation.item.create": Session._on_item_create,
+    "response.create": Session._on_response_create,
+    "response.cancel": Session._on_response_cancel,
+    "input_audio_buffer.commit": Session._on_input_commit,
+    "input_audio_buffer.clear": Session._on_input_clear,
+    "conversation.item.truncate": Session._on_item_truncate,
+    "conversation.item.delete": Session._on_item_delete,
+    "output_audio_buffer.clear": Session._on_output_clear,
+}
+
+
+def session_changes(session: dict[str, Any]) -> dict[str, Any]:
+    """Map an OpenAI ``session.update`` session object onto :class:`SessionSettings` changes.
+
+    ``instructions``, ``audio.output.voice``, ``audio.input.turn_detection`` (``server_vad``
+    with ``threshold``, ``prefix_padding_ms``, ``silence_duration_ms``, ``interrupt_response``;
+    or ``null`` for client-committed turns), ``max_output_tokens``, and the extension
+    ``seetalk`` (any :class:`SessionSettings` fields, e.g. ``{"turn": {"preemptive": false}}``).
+    """
+    changes: dict[str, Any] = {}
+    turn: dict[str, Any] = {}
+    if "instructions" in session:
+        changes["instructions"] = session["instructions"]
+    if "max_output_tokens" in session:
+        value = session["max_output_tokens"]
+        changes["max_output_tokens"] = 4096 if value == "inf" else value
+    audio = session.get("audio") or {}
+    if not isinstance(audio, dict):
+        raise ConfigError("session.audio must be an object", param="session.audio")
+    output = audio.get("output") or {}
+    if isinstance(output, dict) and "voice" in output:
+        changes["voice"] = output["voice"] if isinstance(output["voice"], str) else "default"
+    inp = audio.get("input") or {}
+    if isinstance(inp, dict) and "turn_detection" in inp:
+        td = inp["turn_detection"]
+        if td is None:
+            turn["mode"] = "none"
+        elif isinstance(td, dict):
+            if td.get("type", "server_vad") not in ("server_vad", "semantic_vad"):
+                raise ConfigError("turn_detection.type must be server_vad", param="turn_detection.type")
+            turn["mode"] = "server_vad"
+            for src, dst in (("threshold", "vad_threshold"), ("prefix_padding_ms", "prefix_padding_ms"),
+                             ("silence_duration_ms", "silence_ms"), ("interrupt_response", "interrupt")):
+                if src in td:
+                    turn[dst] = td[src]
+        else:
+            raise ConfigError("turn_detection must be an object or null", param="turn_detection")
+    extension = session.get("seetalk") or {}
+    if not isinstance(extension, dict):
+        raise ConfigError("session.seetalk must be an object", param="session.seetalk")
+    changes.update({k: v for k, v in extension.items() if k != "turn"})
+    if isinstance(extension.get("turn"), dict):
+        turn.update(extension["turn"])
+    if turn:
+        changes["turn"] = turn
+    return changes

@@ -1,0 +1,376 @@
+"""One WebRTC peer per session (aiortc): media in, paced audio out, events over data channels.
+
+A :class:`Peer` owns an ``RTCPeerConnection`` and every task it starts (a registry; all are
+cancelled and awaited by :meth:`Peer.close`). Data paths and their bounds:
+
+- microphone track -> ``session.push_audio`` (frames as aiortc decodes them: 48 kHz, stereo).
+- camera track -> :class:`~server.tracks.LatestFrame` (latest-wins) -> scaled BGR conversion in
+  a worker thread at most ``video_fps`` times a second -> ``session.push_video``.
+- ``session.audio_out.pull`` -> :class:`~server.tracks.PacedAudioTrack` (exact 20 ms frames).
+- ``session.events`` -> every open data channel as JSON text. Until a channel opens, events
+  wait in a deque of ``PENDING_EVENTS`` (overflow: drop oldest). Above ``HIGH_WATER`` bytes
+  buffered on a channel, transient events (deltas) are dropped for that channel.
+  ``response.output_audio.delta`` is never sent: the audio travels on the media track.
+- data channel text -> JSON -> a queue of ``CLIENT_EVENTS`` -> ``session.handle_client_event``
+  (overflow: reject the new event with an ``error`` event, code ``rate_limited``).
+
+The peer ends when the connection closes or fails, when no media arrives for
+``media_timeout_s``, when it is idle past ``idle_timeout_s``, or when asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+import av
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from seetalk.errors import SeetalkError
+from server import events
+from server.metrics import Metrics
+from server.tracks import LatestFrame, PacedAudioTrack, frame_to_bgr
+
+log = logging.getLogger("seetalk.webrtc")
+
+PENDING_EVENTS = 256
+CLIENT_EVENTS = 64
+HIGH_WATER = 1 << 20
+MAX_CLIENT_MESSAGE = 256 * 1024
+NEVER_SENT = frozenset({"response.output_audio.delta"})
+
+
+def _transient(kind: str) -> bool:
+    return kind.endswith(".delta")
+
+
+def ice_configuration(ice_servers: tuple[dict[str, Any], ...]) -> RTCConfiguration:
+    """``RTCConfiguration`` from the browser-style dicts of ``ServerConfig.ice_servers``."""
+    servers = [
+        RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
+        for s in ice_servers
+        if s.get("urls")
+    ]
+    return RTCConfiguration(iceServers=servers or None)
+
+
+class Peer:
+    """A session behind one ``RTCPeerConnection``. Create, then ``await accept(offer_sdp)``."""
+
+    def __init__(
+        self,
+        session: Any,
+        *,
+        metrics: Metrics,
+        ice_servers: tuple[dict[str, Any], ...] = (),
+        idle_timeout_s: float = 300.0,
+        media_timeout_s: float = 20.0,
+        connect_timeout_s: float = 30.0,
+        video_fps: float = 10.0,
+        video_max_side: int = 1280,
+        video_executor: Executor | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.session = session
+        self.id: str = session.id
+        self.metrics = metrics
+        self.pc = RTCPeerConnection(ice_configuration(ice_servers))
+        self.idle_timeout_s = idle_timeout_s
+        self.media_timeout_s = media_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.video_interval = 1.0 / video_fps if video_fps > 0 else 0.0
+        max_side = getattr(getattr(session, "settings", None), "camera_max_side", video_max_side)
+        self.video_max_side = min(int(max_side), video_max_side)
+        self._executor = video_executor
+        self._clock = clock
+        self.created = clock()
+        self.last_media: float | None = None
+        self.last_client_event = self.created
+        self.close_reason: str | None = None
+        self.channels: list[Any] = []
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._pending: collections.deque[str] = collections.deque(maxlen=PENDING_EVENTS)
+        self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(CLIENT_EVENTS)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._close_task: asyncio.Task[None] | None = None
+        self._connected = False
+        self.on_closed: list[Callable[[Peer], None]] = []
+        rate = getattr(getattr(session, "settings", None), "output_rate", 48_000)
+        self.audio_track = PacedAudioTrack(session.audio_out.pull, rate)
+        self.latest_video = LatestFrame()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def accept(self, offer_sdp: str) -> str:
+        """Apply the offer, start the media and event tasks, and return the answer SDP.
+
+        Raises ``ValueError`` for an SDP aiortc cannot use (the caller closes the peer)."""
+        pc = self.pc
+        pc.on("track", self._on_track)
+        pc.on("datachannel", self._on_datachannel)
+        pc.on("connectionstatechange", self._on_state)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        if not any(t.kind == "audio" for t in pc.getTransceivers()):
+            raise ValueError("the offer has no audio section")
+        pc.addTrack(self.audio_track)
+        await pc.setLocalDescription(await pc.createAnswer())
+        self._spawn(self._pump_events(), "events")
+        self._spawn(self._serve_client_events(), "client-events")
+        self._spawn(self._watchdog(), "watchdog")
+        return pc.localDescription.sdp
+
+    def request_close(self, reason: str) -> None:
+        """Close from a callback or an owned task, without waiting."""
+        if self._close_task is None:
+            self.close_reason = reason
+            self._close_task = asyncio.ensure_future(self._close())
+
+    async def close(self, reason: str = "closed") -> None:
+        """Cancel and await every task, close the connection and the session. Idempotent.
+        Cancelling the caller does not interrupt the cleanup (it runs shielded)."""
+        self.request_close(reason)
+        assert self._close_task is not None
+        await asyncio.shield(self._close_task)
+
+    @property
+    def closed(self) -> bool:
+        return self._close_task is not None and self._close_task.done()
+
+    @property
+    def task_count(self) -> int:
+        return sum(1 for t in self._tasks if not t.done())
+
+    async def _close(self) -> None:
+        log.info("session %s closing: %s", self.id, self.close_reason)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        self.audio_track.stop()
+        try:
+            await self.pc.close()
+        finally:
+            try:
+                await self.session.aclose()
+            finally:
+                for callback in self.on_closed:
+                    callback(self)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"{self.id}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and self._close_task is None:
+            log.error("session %s task %s failed", self.id, task.get_name(), exc_info=exc)
+            self.request_close("internal_error")
+
+    # --- aiortc callbacks -----------------------------------------------------------------------
+
+    def _on_state(self) -> None:
+        state = self.pc.connectionState
+        self.counters[f"state_{state}"] += 1
+        if state == "connected":
+            self._connected = True
+        elif state == "failed":
+            self.request_close("ice_failed")
+        elif state == "closed":
+            self.request_close("peer_closed")
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            self._spawn(self._read_audio(track), "audio-in")
+        elif track.kind == "video":
+            self._spawn(self._read_video(track), "video-in")
+            self._spawn(self._convert_video(), "video-convert")
+
+    def _on_datachannel(self, channel: Any) -> None:
+        self.channels.append(channel)
+        channel.on("message", lambda message: self._on_message(channel, message))
+        channel.on("close", lambda: self._forget_channel(channel))
+        while self._pending:
+            channel.send(self._pending.popleft())
+
+    def _forget_channel(self, channel: Any) -> None:
+        if channel in self.channels:
+            self.channels.remove(channel)
+
+    def _on_message(self, channel: Any, message: str | bytes) -> None:
+        self.last_client_event = self._clock()
+        self.counters["client_events"] += 1
+        if not isinstance(message, str):
+            self._send_error(channel, "binary messages are not events: send JSON text")
+            return
+        if len(message) > MAX_CLIENT_MESSAGE:
+            self._send_error(channel, f"event larger than {MAX_CLIENT_MESSAGE} bytes")
+            return
+        try:
+            event = json.loads(message)
+        except ValueError as exc:
+            self._send_error(channel, f"malformed JSON: {exc}")
+            return
+        if not isinstance(event, dict):
+            self._send_error(channel, "an event must be a JSON object with a 'type'")
+            return
+        try:
+            self._inbox.put_nowait(event)
+        except asyncio.QueueFull:
+            self._send_error(
+                channel,
+                "too many events in flight; slow down",
+                code="rate_limited",
+                event_id=event.get("event_id"),
+            )
+
+    def _send_error(
+        self, channel: Any, message: str, *, code: str = "invalid_event", event_id: Any = None
+    ) -> None:
+        err = {
+            "type": "invalid_request_error",
+            "code": code,
+            "message": message,
+            "param": None,
+            "event_id": event_id if isinstance(event_id, str) else None,
+        }
+        event = events.error(err)
+        self.metrics.observe_event(event)
+        if channel.readyState == "open":
+            channel.send(json.dumps(event))
+
+    # --- tasks ----------------------------------------------------------------------------------
+
+    async def _read_audio(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if not isinstance(frame, av.AudioFrame):
+                continue
+            self.last_media = self._clock()
+            self.counters["audio_frames_in"] += 1
+            try:
+                self.session.push_audio(
+                    frame.to_ndarray(), frame.sample_rate, len(frame.layout.channels)
+                )
+            except SeetalkError as exc:
+                self.counters["audio_rejected"] += 1
+                self._report(events.error(exc.to_event_error()))
+
+    async def _read_video(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            self.last_media = self._clock()
+            self.counters["video_frames_in"] += 1
+            self.latest_video.put(frame)
+
+    async def _convert_video(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            frame = await self.latest_video.get()
+            started = self._clock()
+            try:
+                bgr = await loop.run_in_executor(
+                    self._executor, frame_to_bgr, frame, self.video_max_side
+                )
+                self.session.push_video(bgr, time.monotonic())
+                self.counters["video_frames_used"] += 1
+            except (SeetalkError, ValueError) as exc:
+                self.counters["video_rejected"] += 1
+                log.debug("session %s dropped a camera frame: %s", self.id, exc)
+            wait = self.video_interval - (self._clock() - started)
+            if wait > 0:
+                await asyncio.sleep(wait)
+
+    async def _pump_events(self) -> None:
+        while True:
+            event = await self.session.events.get()
+            self.metrics.observe_event(event)
+            self._broadcast(event)
+
+    def _report(self, event: dict[str, Any]) -> None:
+        """An event made here rather than by the session: count it, then send it."""
+        self.metrics.observe_event(event)
+        self._broadcast(event)
+
+    def _broadcast(self, event: dict[str, Any]) -> None:
+        kind = str(event.get("type", ""))
+        if kind in NEVER_SENT:
+            return
+        text = json.dumps(event)
+        open_channels = [c for c in self.channels if c.readyState == "open"]
+        if not open_channels:
+            self._pending.append(text)
+            return
+        for channel in open_channels:
+            if channel.bufferedAmount > HIGH_WATER and _transient(kind):
+                self.counters["events_dropped"] += 1
+                continue
+            channel.send(text)
+            self.counters["events_out"] += 1
+
+    async def _serve_client_events(self) -> None:
+        while True:
+            event = await self._inbox.get()
+            try:
+                await self.session.handle_client_event(event)
+            except SeetalkError as exc:
+                self._report(events.error(exc.to_event_error()))
+            except Exception as exc:  # a session bug must not end the peer silently
+                log.exception("session %s failed on a client event", self.id)
+                self._report(
+                    events.error(
+                        {
+                            "type": "server_error",
+                            "code": "internal_error",
+                            "message": str(exc),
+                            "param": None,
+                            "event_id": event.get("event_id"),
+                        }
+                    )
+                )
+
+    async def _watchdog(self, period: float = 0.5) -> None:
+        while True:
+            await asyncio.sleep(period)
+            now = self._clock()
+            if not self._connected and now - self.created > self.connect_timeout_s:
+                self.request_close("connect_timeout")
+            elif self.last_media is not None and now - self.last_media > self.media_timeout_s:
+                self.request_close("media_timeout")
+            elif now - self._last_activity() > self.idle_timeout_s:
+                self.request_close("idle_timeout")
+
+    def _last_activity(self) -> float:
+        activity = getattr(self.session, "last_activity", None)
+        candidates = [self.created, self.last_client_event]
+        if isinstance(activity, int | float):
+            candidates.append(float(activity))
+        return max(candidates)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "session_id": self.id,
+            "connection_state": self.pc.connectionState,
+            "channels": len(self.channels),
+            "tasks": self.task_count,
+            "audio_frames_out": self.audio_track.frames,
+            "audio_resyncs": self.audio_track.resyncs,
+            "video_frames_dropped": self.latest_video.dropped,
+            **self.counters,
+        }

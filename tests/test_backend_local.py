@@ -1,0 +1,217 @@
+"""LlamaCppBackend: the real SmolLM2 model, and the thread/loop plumbing on a scripted model."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from seetalk.errors import BackendError, ConfigError, ImagesRejected, ModelNotFound
+from vision.backend_local import LlamaCppBackend, chat_handler_class
+from vision.backends import ChatMessage, GenerationSettings
+
+FRANCE = [
+    ChatMessage("system", "You are a helpful assistant."),
+    ChatMessage("user", "What is the capital of France?"),
+]
+RAMBLE = [ChatMessage("user", "Count from 1 to 1000, one number per line.")]
+
+
+async def executor_free_within(backend: LlamaCppBackend) -> float:
+    """Seconds until the model's executor runs a no-op, i.e. until generation has stopped."""
+    t0 = time.perf_counter()
+    await asyncio.wait_for(asyncio.wrap_future(backend._executor.submit(lambda: None)), 5)
+    return time.perf_counter() - t0
+
+
+# --- the real model ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2_gguf: Path) -> Iterator[LlamaCppBackend]:
+    backend = LlamaCppBackend(smollm2_gguf)
+    backend.warmup()
+    yield backend
+    asyncio.run(backend.aclose())
+
+
+@pytest.mark.models
+async def test_streams_an_answer(smol: LlamaCppBackend) -> None:
+    assert smol.load_seconds is not None and smol.load_seconds < 10
+    deltas = [d async for d in smol.stream(FRANCE, GenerationSettings(temperature=0.0))]
+    assert len(deltas) >= 3
+    assert all(deltas)
+    assert "Paris" in "".join(deltas)
+
+
+@pytest.mark.models
+async def test_max_tokens_bounds_the_reply(smol: LlamaCppBackend) -> None:
+    deltas = [d async for d in smol.stream(RAMBLE, GenerationSettings(max_tokens=5))]
+    assert 1 <= len(deltas) <= 5
+
+
+@pytest.mark.models
+async def test_aclose_after_first_delta_stops_generation(smol: LlamaCppBackend) -> None:
+    gen = smol.stream(RAMBLE, GenerationSettings(max_tokens=1000, temperature=0.0))
+    first = await anext(gen)
+    assert first
+    await gen.aclose()
+    # 1000 tokens at ~100/s would hold the executor for seconds; stopped, it is free at once.
+    assert await executor_free_within(smol) < 1.0
+    t0 = time.perf_counter()
+    deltas = [d async for d in smol.stream(FRANCE, GenerationSettings(max_tokens=20))]
+    assert deltas and time.perf_counter() - t0 < 5
+
+
+@pytest.mark.models
+async def test_cancelling_the_consumer_task_stops_generation(smol: LlamaCppBackend) -> None:
+    got_first = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in smol.stream(RAMBLE, GenerationSettings(max_tokens=1000)):
+            got_first.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(got_first.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await executor_free_within(smol) < 1.0
+
+
+# --- without loading anything -------------------------------------------------------------
+
+
+async def test_images_without_projector_are_rejected(tmp_path: Path) -> None:
+    backend = LlamaCppBackend(tmp_path / "never-loaded.gguf")
+    assert backend.supports_images is False
+    messages = [ChatMessage("user", "What is this?", images=(b"\xff\xd8\xff\xe0jpeg",))]
+    with pytest.raises(ImagesRejected):
+        async for _ in backend.stream(messages, GenerationSettings()):
+            pass
+    await backend.aclose()
+
+
+async def test_missing_model_file_is_model_not_found(tmp_path: Path) -> None:
+    backend = LlamaCppBackend(tmp_path / "missing.gguf")
+    with pytest.raises(ModelNotFound, match="missing.gguf"):
+        async for _ in backend.stream(FRANCE, GenerationSettings()):
+            pass
+    await backend.aclose()
+
+
+def test_projector_enables_images_and_handlers_resolve(tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp")
+    backend = LlamaCppBackend(tmp_path / "m.gguf", mmproj_path=tmp_path / "mmproj.gguf")
+    assert backend.supports_images is True
+    assert chat_handler_class(None).__name__ == "MTMDChatHandler"
+    assert chat_handler_class("qwen2.5-vl").__name__ == "Qwen25VLChatHandler"
+    assert chat_handler_class("Llava15ChatHandler").__name__ == "Llava15ChatHandler"
+    with pytest.raises(ConfigError, match="unknown multimodal chat handler"):
+        chat_handler_class("no-such-model")
+
+
+# --- the plumbing, on a scripted model ------------------------------------------------------
+
+
+class ScriptedLlama:
+    """Stands in for ``llama_cpp.Llama``: yields numbered chunks, counts what it produced."""
+
+    def __init__(self, n: int = 10_000, fail_after: int | None = None) -> None:
+        self.n = n
+        self.fail_after = fail_after
+        self.produced = 0
+        self.stopped = threading.Event()
+        self.calls: list[dict[str, Any]] = []
+
+    def create_chat_completion(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        self.calls.append(kwargs)
+        return self._chunks()
+
+    def _chunks(self) -> Iterator[dict[str, Any]]:
+        try:
+            yield {"choices": [{"delta": {"role": "assistant"}}]}
+            for i in range(self.n):
+                if self.fail_after is not None and i == self.fail_after:
+                    raise ValueError("Requested tokens exceed context window")
+                self.produced += 1
+                time.sleep(0.001)
+                yield {"choices": [{"delta": {"content": f"{i} "}}]}
+        finally:
+            self.stopped.set()
+
+    def close(self) -> None:
+        pass
+
+
+def scripted(tmp_path: Path, llama: ScriptedLlama, queue_size: int = 32) -> LlamaCppBackend:
+    backend = LlamaCppBackend(tmp_path / "scripted.gguf", queue_size=queue_size)
+    backend._llama = llama
+    return backend
+
+
+async def test_settings_reach_llama(tmp_path: Path) -> None:
+    llama = ScriptedLlama(n=3)
+    backend = scripted(tmp_path, llama)
+    settings = GenerationSettings(max_tokens=7, temperature=0.1, stop=("\n",))
+    deltas = [d async for d in backend.stream(FRANCE, settings)]
+    assert deltas == ["0 ", "1 ", "2 "]
+    call = llama.calls[0]
+    assert call["stream"] is True and call["max_tokens"] == 7 and call["temperature"] == 0.1
+    assert call["stop"] == ["\n"] and call["repeat_penalty"] == pytest.approx(1.1)
+    assert call["messages"][1] == {"role": "user", "content": "What is the capital of France?"}
+    await backend.aclose()
+
+
+async def test_slow_consumer_blocks_the_generator(tmp_path: Path) -> None:
+    llama = ScriptedLlama()
+    backend = scripted(tmp_path, llama, queue_size=4)
+    gen = backend.stream(RAMBLE, GenerationSettings())
+    assert await anext(gen) == "0 "
+    await asyncio.sleep(0.3)
+    # one delta consumed, four queued, at most one more produced and waiting for a slot
+    assert llama.produced <= 1 + 4 + 1
+    assert await anext(gen) == "1 "
+    await gen.aclose()
+    assert await asyncio.to_thread(llama.stopped.wait, 1.0)
+    await backend.aclose()
+
+
+async def test_aclose_stops_the_generation_thread(tmp_path: Path) -> None:
+    llama = ScriptedLlama()
+    backend = scripted(tmp_path, llama)
+    gen = backend.stream(RAMBLE, GenerationSettings())
+    await anext(gen)
+    await gen.aclose()
+    assert await asyncio.to_thread(llama.stopped.wait, 1.0)
+    assert llama.produced < 1000
+    assert await executor_free_within(backend) < 0.5
+    await backend.aclose()
+
+
+async def test_llama_failure_is_a_backend_error(tmp_path: Path) -> None:
+    backend = scripted(tmp_path, ScriptedLlama(fail_after=2))
+    deltas: list[str] = []
+    with pytest.raises(BackendError, match="exceed context window"):
+        async for d in backend.stream(FRANCE, GenerationSettings()):
+            deltas.append(d)
+    assert deltas == ["0 ", "1 "]
+    await backend.aclose()
+
+
+async def test_closed_backend_refuses_and_stops_running_streams(tmp_path: Path) -> None:
+    llama = ScriptedLlama()
+    backend = scripted(tmp_path, llama)
+    gen = backend.stream(RAMBLE, GenerationSettings())
+    await anext(gen)
+    await backend.aclose()
+    assert llama.stopped.is_set()
+    await gen.aclose()
+    with pytest.raises(BackendError, match="closed"):
+        async for _ in backend.stream(FRANCE, GenerationSettings()):
+            pass

@@ -1,0 +1,337 @@
+"""OpenAIChatBackend against scripted raw-asyncio HTTP servers and a real llama_cpp.server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from seetalk.errors import BackendError, BackendTimeout, ImagesRejected
+from vision.backend_openai import OpenAIChatBackend
+from vision.backends import ChatMessage, GenerationSettings
+
+JPEG_A = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00first-frame\xff\xd9"
+JPEG_B = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00second-frame\xff\xd9"
+FRANCE = [
+    ChatMessage("system", "You are a helpful assistant."),
+    ChatMessage("user", "What is the capital of France?"),
+]
+WITH_IMAGES = [
+    ChatMessage("system", "Be brief."),
+    ChatMessage("user", "What do you see?", images=(JPEG_A, JPEG_B)),
+]
+SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+
+
+def sse(obj: Any) -> bytes:
+    return f"data: {json.dumps(obj)}\n\n".encode()
+
+
+def delta(text: str) -> bytes:
+    return sse({"choices": [{"index": 0, "delta": {"content": text}}]})
+
+
+def http_response(status: int, body: Any) -> bytes:
+    raw = json.dumps(body).encode()
+    head = f"HTTP/1.1 {status} Whatever\r\nContent-Type: application/json\r\n"
+    head += f"Content-Length: {len(raw)}\r\nConnection: close\r\n\r\n"
+    return head.encode() + raw
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class FakeServer:
+    url: str
+    requests: list[Request] = field(default_factory=list)
+    disconnected_at: list[float] = field(default_factory=list)
+
+
+Handler = Callable[[Request, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def fake_server(handler: Handler) -> AsyncIterator[FakeServer]:
+    """A one-request-per-connection HTTP/1.1 server on a raw asyncio socket."""
+    server_state = FakeServer(url="")
+
+    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode()
+            first, *lines = head.split("\r\n")
+            method, path, _ = first.split(" ", 2)
+            headers = {}
+            for line in lines:
+                if line:
+                    key, value = line.split(":", 1)
+                    headers[key.strip().lower()] = value.strip()
+            raw = await reader.readexactly(int(headers.get("content-length", "0")))
+            request = Request(method, path, headers, json.loads(raw) if raw else None)
+            server_state.requests.append(request)
+            await handler(request, reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(on_connection, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server_state.url = f"http://127.0.0.1:{port}/v1"
+    try:
+        yield server_state
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def collect(backend: OpenAIChatBackend, messages: list[ChatMessage], **kw: Any) -> list[str]:
+    return [d async for d in backend.stream(messages, GenerationSettings(**kw))]
+
+
+# --- request format and streaming -------------------------------------------------------------
+
+
+async def test_images_go_as_openai_content_parts() -> None:
+    async def handler(req: Request, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(SSE_HEAD + sse({"choices": [{"index": 0, "delta": {"role": "assistant"}}]}))
+        w.write(b": keep-alive comment\n\n" + delta("A red ") + delta("cup.") + b"data: [DONE]\n\n")
+        await w.drain()
+
+    async with fake_server(handler) as srv:
+        backend = OpenAIChatBackend(srv.url, api_key="sk-test", model="vlm", timeout_s=5)
+        deltas = await collect(backend, WITH_IMAGES, max_tokens=50, temperature=0.2, stop=("\n",))
+        await backend.aclose()
+
+    assert deltas == ["A red ", "cup."]
+    (req,) = srv.requests
+    assert (req.method, req.path) == ("POST", "/v1/chat/completions")
+    assert req.headers["authorization"] == "Bearer sk-test"
+    body = req.body
+    assert body["model"] == "vlm" and body["stream"] is True
+    assert body["max_tokens"] == 50 and body["temperature"] == 0.2 and body["stop"] == ["\n"]
+    assert body["messages"][0] == {"role": "system", "content": "Be brief."}
+    user = body["messages"][1]
+    assert user["role"] == "user"
+    images = [p for p in user["content"] if p["type"] == "image_url"]
+    texts = [p for p in user["content"] if p["type"] == "text"]
+    assert texts == [{"type": "text", "text": "What do you see?"}]
+    prefix = "data:image/jpeg;base64,"
+    urls = [p["image_url"]["url"] for p in images]
+    assert all(u.startswith(prefix) for u in urls)
+    assert [base64.b64decode(u[len(prefix) :], validate=True) for u in urls] == [JPEG_A, JPEG_B]
+
+
+async def test_text_only_messages_are_plain_strings_and_base_url_gets_v1() -> None:
+    async def handler(req: Request, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(SSE_HEAD + delta("Paris.") + b"data: [DONE]\n\n")
+        await w.drain()
+
+    async with fake_server(handler) as srv:
+        backend = OpenAIChatBackend(srv.url.removesuffix("/v1"), timeout_s=5)
+        assert await collect(backend, FRANCE) == ["Paris."]
+        await backend.aclose()
+    (req,) = srv.requests
+    assert req.path == "/v1/chat/completions"
+    assert "authorization" not in req.headers and "stop" not in req.body
+    assert req.body["messages"][1] == {"role": "user", "content": FRANCE[1].text}
+
+
+# --- error mapping ----------------------------------------------------------------------------
+
+
+def answering(status: int, body: Any) -> Handler:
+    async def handler(req: Request, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(http_response(status, body))
+        await w.drain()
+
+    return handler
+
+
+async def test_400_about_images_is_images_rejected() -> None:
+    body = {"error": {"message": "image input is not supported", "type": "invalid_request_error"}}
+    async with fake_server(answering(400, body)) as srv:
+        backend = OpenAIChatBackend(srv.url, timeout_s=5)
+        with pytest.raises(ImagesRejected, match="image input is not supported"):
+            await collect(backend, WITH_IMAGES)
+        # The same answer to a text-only request is no reason to drop images: a plain error.
+        with pytest.raises(BackendError, match="HTTP 400") as info:
+            await collect(backend, FRANCE)
+        assert not isinstance(info.value, ImagesRejected)
+        await backend.aclose()
+
+
+async def test_422_mentioning_image_url_is_images_rejected() -> None:
+    body = {"detail": [{"loc": ["body", "messages", 1, "content"], "msg": "image_url not allowed"}]}
+    async with fake_server(answering(422, body)) as srv:
+        backend = OpenAIChatBackend(srv.url, timeout_s=5)
+        with pytest.raises(ImagesRejected):
+            await collect(backend, WITH_IMAGES)
+        await backend.aclose()
+
+
+async def test_other_http_errors_carry_status_and_message() -> None:
+    async with fake_server(answering(500, {"error": {"message": "CUDA out of memory"}})) as srv:
+        backend = OpenAIChatBackend(srv.url, timeout_s=5)
+        with pytest.raises(BackendError, match="HTTP 500: CUDA out of memory") as info:
+            await collect(backend, WITH_IMAGES)
+        assert not isinstance(info.value, ImagesRejected | BackendTimeout)
+        await backend.aclose()
+
+
+async def test_error_inside_the_stream_is_a_backend_error() -> None:
+    async def handler(req: Request, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(SSE_HEAD + delta("Hal") + sse({"error": {"message": "engine died"}}))
+        await w.drain()
+
+    async with fake_server(handler) as srv:
+        backend = OpenAIChatBackend(srv.url, timeout_s=5)
+        got: list[str] = []
+        with pytest.raises(BackendError, match="engine died"):
+            async for d in backend.stream(FRANCE, GenerationSettings()):
+                got.append(d)
+        assert got == ["Hal"]
+        await backend.aclose()
+
+
+async def test_server_down_is_a_quick_backend_error() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # nothing listens on the port now
+    backend = OpenAIChatBackend(f"http://127.0.0.1:{port}/v1", timeout_s=10)
+    t0 = time.perf_counter()
+    with pytest.raises(BackendError, match="unreachable") as info:
+        await collect(backend, FRANCE)
+    assert not isinstance(info.value, BackendTimeout)
+    assert time.perf_counter() - t0 < 1.0
+    await backend.aclose()
+
+
+async def test_server_that_never_answers_times_out() -> None:
+    async def handler(req: Request, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client gives up
+
+    async with fake_server(handler) as srv:
+        backend = OpenAIChatBackend(srv.url, timeout_s=0.5)
+        t0 = time.perf_counter()
+        with pytest.raises(BackendTimeout):
+            await collect(backend, FRANCE)
+        assert 0.4 < time.perf_counter() - t0 < 2.0
+        await backend.aclose()
+
+
+async def test_stall_between_tokens_times_out() -> None:
+    async def handler(req: Request, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(SSE_HEAD + delta("The "))
+        await w.drain()
+        await reader.read()
+
+    async with fake_server(handler) as srv:
+        backend = OpenAIChatBackend(srv.url, timeout_s=0.5)
+        got: list[str] = []
+        with pytest.raises(BackendTimeout):
+            async for d in backend.stream(FRANCE, GenerationSettings()):
+                got.append(d)
+        assert got == ["The "]
+        await backend.aclose()
+
+
+# --- cancellation closes the response ----------------------------------------------------------
+
+
+def one_delta_then_wait(srv_box: list[FakeServer]) -> Handler:
+    async def handler(req: Request, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(SSE_HEAD + delta("Once "))
+        await w.drain()
+        await reader.read()  # EOF: the client closed the connection
+        srv_box[0].disconnected_at.append(time.perf_counter())
+
+    return handler
+
+
+async def test_aclose_of_the_stream_closes_the_connection() -> None:
+    box: list[FakeServer] = []
+    async with fake_server(one_delta_then_wait(box)) as srv:
+        box.append(srv)
+        backend = OpenAIChatBackend(srv.url, timeout_s=30)
+        gen = backend.stream(FRANCE, GenerationSettings())
+        assert await anext(gen) == "Once "
+        t0 = time.perf_counter()
+        await gen.aclose()
+        for _ in range(100):
+            if srv.disconnected_at:
+                break
+            await asyncio.sleep(0.01)
+        assert srv.disconnected_at and srv.disconnected_at[0] - t0 < 1.0
+        await backend.aclose()
+
+
+async def test_cancelling_the_consumer_closes_the_connection() -> None:
+    box: list[FakeServer] = []
+    async with fake_server(one_delta_then_wait(box)) as srv:
+        box.append(srv)
+        backend = OpenAIChatBackend(srv.url, timeout_s=30)
+        first = asyncio.Event()
+
+        async def consume() -> None:
+            async for _ in backend.stream(FRANCE, GenerationSettings()):
+                first.set()
+
+        task = asyncio.create_task(consume())
+        await asyncio.wait_for(first.wait(), 5)
+        t0 = time.perf_counter()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(100):
+            if srv.disconnected_at:
+                break
+            await asyncio.sleep(0.01)
+        assert srv.disconnected_at and srv.disconnected_at[0] - t0 < 1.0
+        await backend.aclose()
+
+
+# --- a real OpenAI-compatible server -----------------------------------------------------------
+
+
+@pytest.mark.models
+async def test_real_llama_server_streams(llama_server_url: str) -> None:
+    backend = OpenAIChatBackend(llama_server_url, model="smollm2", timeout_s=30)
+    t0 = time.perf_counter()
+    deltas: list[str] = []
+    first_at = None
+    async for d in backend.stream(FRANCE, GenerationSettings(temperature=0.0, max_tokens=40)):
+        first_at = first_at or time.perf_counter() - t0
+        deltas.append(d)
+    await backend.aclose()
+    assert len(deltas) >= 3 and all(deltas)
+    assert "Paris" in "".join(deltas)
+    assert first_at is not None and first_at < 10
+
+
+@pytest.mark.models
+async def test_real_llama_server_cancel_then_next_request(llama_server_url: str) -> None:
+    backend = OpenAIChatBackend(llama_server_url, timeout_s=30)
+    ramble = [ChatMessage("user", "Count from 1 to 1000, one number per line.")]
+    gen = backend.stream(ramble, GenerationSettings(max_tokens=1000))
+    assert await anext(gen)
+    await gen.aclose()
+    t0 = time.perf_counter()
+    assert await collect(backend, FRANCE, max_tokens=10)
+    # Had the server gone on with 1000 tokens first, this would take several seconds.
+    assert time.perf_counter() - t0 < 3.0
+    await backend.aclose()

@@ -1,0 +1,311 @@
+"""Speech recognition: whisper on real speech, and the streaming contract on a fake model."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from voice.asr import (
+    SAMPLE_RATE,
+    StreamingRecognizer,
+    Transcriber,
+    decide_partial,
+    split_windows,
+)
+
+# --- pure pieces -----------------------------------------------------------------------------
+
+
+def decide(**kw):
+    args = dict(
+        now=10.0,
+        last_start=9.0,
+        interval_s=0.4,
+        busy=False,
+        listening=True,
+        audio_s=2.0,
+        min_audio_s=0.5,
+        new_audio=True,
+    )
+    args.update(kw)
+    return decide_partial(**args)
+
+
+def test_decide_partial_rules():
+    assert decide().run
+    assert decide(last_start=None).run
+    assert not decide(listening=False).run
+    assert not decide(busy=True).run  # skipped, never queued
+    assert not decide(new_audio=False).run
+    d = decide(audio_s=0.3)
+    assert not d.run and d.wait_s == pytest.approx(0.2)
+    d = decide(now=9.1)
+    assert not d.run and d.wait_s == pytest.approx(0.3)
+    assert decide(now=9.4).run
+
+
+def test_split_windows_bounds_length_and_cuts_in_silence():
+    rng = np.random.default_rng(0)
+    parts = []
+    for _ in range(12):  # 12 x (4.5 s "speech" + 0.5 s silence) = 60 s
+        parts += [rng.standard_normal(int(4.5 * SAMPLE_RATE)) * 0.3, np.zeros(SAMPLE_RATE // 2)]
+    audio = np.concatenate(parts).astype(np.float32)
+    windows = split_windows(audio)
+    assert sum(w.size for w in windows) == audio.size
+    assert all(w.size <= 28 * SAMPLE_RATE for w in windows)
+    assert len(windows) == 3
+    for w in windows[:-1]:
+        assert np.abs(w[-800:]).max() == 0.0  # the cut fell inside a silence
+    assert split_windows(audio[: 10 * SAMPLE_RATE])[0].size == 10 * SAMPLE_RATE
+
+
+# --- the streaming contract with a fake model ------------------------------------------------
+
+
+class FakeTranscriber:
+    """Sleeps like a model would; records concurrency and what it was given."""
+
+    def __init__(self, seconds: float = 0.1) -> None:
+        self.seconds = seconds
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.calls: list[tuple[str, int]] = []
+
+    def _work(self, kind: str, audio: np.ndarray) -> str:
+        with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self.calls.append((kind, audio.size))
+        time.sleep(self.seconds)
+        with self.lock:
+            self.in_flight -= 1
+        return f"{kind}:{audio.size}"
+
+    def transcribe(self, audio16k, *, prompt=None):
+        return self._work("final", audio16k)
+
+    def transcribe_partial(self, audio16k, *, prompt=None):
+        return self._work("partial", audio16k)
+
+
+@pytest.fixture
+def executor():
+    with ThreadPoolExecutor(max_workers=4) as ex:  # room for misbehaviour to show
+        yield ex
+
+
+def chunk(seconds: float) -> np.ndarray:
+    return np.full(int(seconds * SAMPLE_RATE), 0.1, dtype=np.float32)
+
+
+async def test_partials_during_long_utterance_one_inference_at_a_time(executor):
+    fake = FakeTranscriber(seconds=0.12)
+    partials: list[str] = []
+    rec = StreamingRecognizer(fake, executor, partial_interval_s=0.1, on_partial=partials.append)
+    lags = []
+    rec.begin()
+    for _ in range(60):  # 6 s of audio, 100 ms every 40 ms
+        rec.append(chunk(0.1))
+        await asyncio.sleep(0.04)
+        if rec.stats.last_partial_lag_s is not None:
+            lags.append(rec.stats.last_partial_lag_s)
+    text = await rec.finalize()
+    await rec.aclose()
+    assert fake.max_in_flight == 1
+    assert len(partials) >= 8
+    covered = [int(p.split(":")[1]) for p in partials]
+    assert covered == sorted(covered) and covered[-1] > 4 * SAMPLE_RATE
+    assert text == f"final:{6 * SAMPLE_RATE}"
+    # lag stays bounded by about one skipped + one running inference, not growing
+    assert max(lags) < 0.12 * 2 + 0.1 + 0.15
+    assert np.mean(lags[-10:]) < np.mean(lags[:10]) + 0.1
+    assert rec.stats.inferences == len(fake.calls)
+
+
+async def test_no_partial_before_min_audio(executor):
+    fake = FakeTranscriber(seconds=0.01)
+    rec = StreamingRecognizer(fake, executor, partial_interval_s=0.05, min_partial_audio_s=0.5)
+    rec.begin()
+    rec.append(chunk(0.3))
+    await asyncio.sleep(0.2)
+    assert fake.calls == []
+    rec.append(chunk(0.3))
+    await asyncio.sleep(0.2)
+    assert fake.calls and fake.calls[0] == ("partial", int(0.6 * SAMPLE_RATE))
+    await rec.aclose()
+
+
+async def test_speculative_final_is_reused_when_no_audio_appended(executor):
+    fake = FakeTranscriber(seconds=0.1)
+    rec = StreamingRecognizer(fake, executor, min_partial_audio_s=10.0)  # no partials
+    rec.begin()
+    rec.append(chunk(1.0))
+    await asyncio.sleep(0.01)
+    assert not rec.busy
+    n_before = len(fake.calls)
+    rec.pause()
+    assert rec.busy and fake.calls[-1] == ("final", SAMPLE_RATE)
+    await asyncio.sleep(0.2)  # the silence goes on: the speculative final completes
+    text = await rec.finalize()
+    assert text == f"final:{SAMPLE_RATE}"
+    assert rec.stats.speculative_hit is True
+    assert len(fake.calls) == n_before + 1  # finalize did not run the model again
+    await rec.aclose()
+
+
+async def test_speculative_final_discarded_after_resume(executor):
+    fake = FakeTranscriber(seconds=0.1)
+    partials: list[str] = []
+    rec = StreamingRecognizer(fake, executor, partial_interval_s=10.0, on_partial=partials.append)
+    rec.begin()
+    rec.append(chunk(1.0))
+    await asyncio.sleep(0.15)
+    rec.pause()
+    await asyncio.sleep(0.02)
+    rec.resume()  # speech came back while the speculative final runs
+    rec.append(chunk(0.5))
+    text = await rec.finalize()
+    assert text == f"final:{int(1.5 * SAMPLE_RATE)}"
+    assert rec.stats.speculative_hit is False
+    assert ("final", SAMPLE_RATE) in fake.calls  # it did start, and was ignored
+    assert fake.max_in_flight == 1
+    await rec.aclose()
+
+
+async def test_pause_while_partial_runs_starts_final_after_it(executor):
+    fake = FakeTranscriber(seconds=0.15)
+    rec = StreamingRecognizer(fake, executor, partial_interval_s=0.05)
+    rec.begin()
+    rec.append(chunk(1.0))
+    await asyncio.sleep(0.07)
+    assert rec.busy and fake.calls[-1][0] == "partial"
+    rec.pause()
+    await asyncio.sleep(0.4)
+    assert fake.calls[-1] == ("final", SAMPLE_RATE)
+    text = await rec.finalize()
+    assert text == f"final:{SAMPLE_RATE}" and rec.stats.speculative_hit
+    assert fake.max_in_flight == 1
+    await rec.aclose()
+
+
+async def test_new_utterance_ignores_old_partials(executor):
+    fake = FakeTranscriber(seconds=0.1)
+    partials: list[str] = []
+    rec = StreamingRecognizer(fake, executor, partial_interval_s=0.05, on_partial=partials.append)
+    rec.begin()
+    rec.append(chunk(1.0))
+    await asyncio.sleep(0.07)  # a partial of utterance 1 is running
+    rec.begin()
+    rec.append(chunk(0.6))
+    await asyncio.sleep(0.35)
+    assert all(p != f"partial:{SAMPLE_RATE}" for p in partials)
+    assert f"partial:{int(0.6 * SAMPLE_RATE)}" in partials
+    await rec.aclose()
+
+
+async def test_finalize_of_too_little_audio_is_empty(executor):
+    fake = FakeTranscriber(seconds=0.01)
+    rec = StreamingRecognizer(fake, executor)
+    assert await rec.finalize() == ""  # no utterance
+    rec.begin()
+    rec.append(chunk(0.05))
+    assert await rec.finalize() == ""
+    await rec.aclose()
+
+
+async def test_aclose_leaves_no_tasks_and_propagates_cancellation(executor):
+    fake = FakeTranscriber(seconds=0.2)
+    rec = StreamingRecognizer(fake, executor, partial_interval_s=0.05)
+    rec.begin()
+    rec.append(chunk(1.0))
+    await asyncio.sleep(0.07)
+    closer = asyncio.create_task(rec.aclose())
+    await asyncio.sleep(0)
+    closer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closer
+    await rec.aclose()  # closing again finishes the wait
+    assert rec._timer is None and not rec.busy
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert others == []
+    with pytest.raises(RuntimeError):
+        rec.begin()
+
+
+async def test_cancelling_finalize_is_safe(executor):
+    fake = FakeTranscriber(seconds=0.2)
+    rec = StreamingRecognizer(fake, executor, partial_interval_s=10.0)
+    rec.begin()
+    rec.append(chunk(1.0))
+    task = asyncio.create_task(rec.finalize())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await rec.aclose()
+    assert fake.max_in_flight == 1
+
+
+# --- the real model --------------------------------------------------------------------------
+
+
+def overlap(expected: str, got: list[str], words_of) -> float:
+    want = words_of(expected)
+    return sum(1 for w in want if w in got) / len(want)
+
+
+@pytest.mark.models
+def test_whisper_base_transcribes_espeak(whisper_base, espeak, normalize_words):
+    sentence = "what color is the cup on the table"
+    audio = espeak(sentence)
+    got = normalize_words(whisper_base.transcribe(audio))
+    assert overlap(sentence, got, normalize_words) >= 0.7, got
+    assert whisper_base.transcribe_partial(audio)  # the same audio fits one partial window
+
+
+@pytest.mark.models
+def test_whisper_short_and_empty_audio(whisper_base):
+    assert whisper_base.transcribe(np.zeros(0, np.float32)) == ""
+    assert whisper_base.transcribe(np.zeros(800, np.float32)) == ""
+
+
+@pytest.mark.models
+def test_tiny_en_loads_too(espeak, normalize_words):
+    from models import resolve_asr
+    from seetalk.config import ModelConfig
+
+    tiny = Transcriber(resolve_asr(ModelConfig(asr="tiny.en")))
+    assert tiny.english_only
+    got = normalize_words(tiny.transcribe(espeak("good morning, how are you")))
+    assert overlap("good morning, how are you", got, normalize_words) >= 0.7, got
+
+
+@pytest.mark.models
+async def test_streaming_with_whisper(whisper_base, espeak, normalize_words):
+    sentence = (
+        "I would like to know what color the cup on the table is, "
+        "and whether there is anything written on the paper next to it"
+    )
+    audio = espeak(sentence)
+    partials: list[str] = []
+    with ThreadPoolExecutor(max_workers=1) as ex:
+        rec = StreamingRecognizer(whisper_base, ex, on_partial=partials.append)
+        rec.begin()
+        step = SAMPLE_RATE // 10
+        for i in range(0, audio.size, step):  # 100 ms chunks at twice real time
+            rec.append(audio[i : i + step])
+            await asyncio.sleep(0.05)
+        rec.pause()
+        await asyncio.sleep(0.1)
+        text = await rec.finalize()
+        await rec.aclose()
+    assert partials, "no partial transcript during a long utterance"
+    got = normalize_words(text)
+    assert overlap(sentence, got, normalize_words) >= 0.7, text
+    assert rec.stats.last_partial_lag_s is not None and rec.stats.last_partial_lag_s < 5.0

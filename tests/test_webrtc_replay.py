@@ -1,0 +1,205 @@
+"""WebRTC sessions over loopback between the real server and the aiortc example client.
+
+The engine is the recorded-reply replayer (server/replay.py): these tests are about the
+transport (media both ways, events, barge-in as heard, cleanup), not about the models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from seetalk.config import ServerConfig
+
+RATE = 48_000
+
+
+def burst(seconds: float, level: float = 6000.0, seed: int = 0) -> np.ndarray:
+    """A loud noise burst: 'speech' for the replayer's energy detector."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(int(seconds * RATE)) * level).clip(-32000, 32000).astype(np.int16)
+
+
+async def wait_until(pred, limit_s: float = 10.0, step: float = 0.05) -> None:
+    deadline = time.monotonic() + limit_s
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(step)
+
+
+async def test_conversation_media_both_ways(seetalk_server, replay_engine, webrtc_client_module):
+    srv = await seetalk_server(replay_engine)
+    client = webrtc_client_module.Client(srv.url, video=True)
+    await client.connect()
+    try:
+        await client.wait_for("session.created", 5)
+        client.mic.say(burst(0.6))
+        started = await client.wait_for("input_audio_buffer.speech_started", 5)
+        await client.wait_for("conversation.item.input_audio_transcription.completed", 5)
+        await client.wait_for("response.done", 10, where=lambda e: e["response"]["status"] ==
+                              "completed")
+        # the reply was audible at the client, after the end of its speech
+        loud = client.recorder.first_loud_after(started["_t"])
+        assert loud is not None
+        assert client.mic.speech_ended_at is not None and loud > client.mic.speech_ended_at
+        # the camera reached the session, as BGR frames
+        session = replay_engine.sessions[0]
+        await wait_until(lambda: session.video_frames >= 3, 5)
+        assert session.video_shape == (480, 640, 3)
+        # the outgoing track runs on an exact 20 ms schedule
+        peer = srv.state.peers[client.session_id]
+        frames0, t0 = peer.audio_track.frames, time.monotonic()
+        await asyncio.sleep(1.0)
+        rate = (peer.audio_track.frames - frames0) / (time.monotonic() - t0)
+        assert 45 <= rate <= 55
+    finally:
+        await client.close()
+    await wait_until(lambda: not srv.state.peers, 10)
+    assert replay_engine.closed_sessions == 1
+
+
+async def test_barge_in_stops_audio_as_heard(seetalk_server, webrtc_client_module):
+    from server.replay import ReplayEngine, tone
+
+    engine = ReplayEngine(tone(6.0), reply_text="one two three four five six seven eight")
+    srv = await seetalk_server(engine)
+    async with webrtc_client_module.Client(srv.url) as client:
+        client.mic.say(burst(0.5))
+        await client.wait_for("output_audio_buffer.started", 5)
+        # wait until the reply is audible, then talk over it
+        await wait_until(lambda: client.recorder.level_now() > 1000, 5)
+        await asyncio.sleep(0.5)
+        client.mic.say(burst(0.5, seed=1))
+        await wait_until(lambda: client.mic.speech_started_at is not None and
+                         client.recorder.silent_from(client.mic.speech_started_at) is not None, 5)
+        stop_ms = 1000 * (client.recorder.silent_from(client.mic.speech_started_at)
+                          - client.mic.speech_started_at)
+        done = await client.wait_for("response.done", 5,
+                                     where=lambda e: e["response"]["status"] == "cancelled")
+        truncated = await client.wait_for("conversation.item.truncated", 5)
+        await client.wait_for("seetalk.barge_in", 5)
+        assert done["response"]["status_details"]["reason"] == "turn_detected"
+        assert 0 < truncated["audio_end_ms"] < 6000
+        assert truncated["transcript"].startswith("one")
+        assert stop_ms < 400, stop_ms
+        # and the reply audio stays quiet after the stop
+        await asyncio.sleep(0.3)
+        assert client.recorder.level_now() < 300 or client.of_type("response.created")
+
+
+async def test_client_events_and_typed_errors(seetalk_server, replay_engine, webrtc_client_module):
+    srv = await seetalk_server(replay_engine)
+    async with webrtc_client_module.Client(srv.url) as client:
+        t = time.monotonic()
+        client.send("{not json")
+        err = await client.wait_for("error", 5, since=t)
+        assert err["error"]["code"] == "invalid_event" and "JSON" in err["error"]["message"]
+        t = time.monotonic()
+        client.send("[1, 2]")
+        err = await client.wait_for("error", 5, since=t)
+        assert "object" in err["error"]["message"]
+        t = time.monotonic()
+        client.send({"type": "no.such.event", "event_id": "evt_1"})
+        err = await client.wait_for("error", 5, since=t)
+        assert err["error"]["event_id"] == "evt_1" and err["error"]["param"] == "type"
+        t = time.monotonic()
+        client.channel.send(b"\x00\x01")
+        err = await client.wait_for("error", 5, since=t)
+        assert "binary" in err["error"]["message"]
+        # a typed message gets a spoken reply; response.cancel stops it
+        client.say_text("hello there")
+        created = await client.wait_for("response.created", 5)
+        await wait_until(lambda: client.recorder.level_now() > 1000, 5)
+        client.send({"type": "response.cancel"})
+        done = await client.wait_for("response.done", 5)
+        assert done["response"]["id"] == created["response"]["id"]
+        assert done["response"]["status"] == "cancelled"
+        # the session goes on after errors
+        client.send({"type": "session.update", "session": {"instructions": "be brief"}})
+        await client.wait_for("session.updated", 5)
+    metrics = srv.state.metrics.render()
+    assert 'seetalk_errors_total{code="invalid_event"} 4' in metrics
+    assert 'seetalk_responses_total{status="cancelled"} 1' in metrics
+
+
+async def test_idle_and_media_timeouts_end_sessions(seetalk_server, replay_engine,
+                                                    webrtc_client_module):
+    cfg = ServerConfig(idle_timeout_s=1.0)
+    srv = await seetalk_server(replay_engine, cfg)
+    client = webrtc_client_module.Client(srv.url)
+    await client.connect()
+    try:
+        assert len(srv.state.peers) == 1
+        await wait_until(lambda: not srv.state.peers, 6)
+        assert srv.state.metrics.session_end_reasons["idle_timeout"] == 1
+    finally:
+        await client.close()
+    assert replay_engine.closed_sessions == 1
+
+
+async def test_vanished_peer_is_freed(seetalk_server, replay_engine, webrtc_client_module):
+    """A peer that stops sending without closing (network gone) ends by media timeout."""
+    srv = await seetalk_server(replay_engine, peer_options={"media_timeout_s": 1.0})
+    client = webrtc_client_module.Client(srv.url)
+    await client.connect()
+    try:
+        client.mic.say(burst(0.4))
+        await client.wait_for("output_audio_buffer.started", 5)
+        # vanish mid-reply: stop sending any media, without a DTLS close
+        client.mic.stop()
+        await wait_until(lambda: not srv.state.peers, 8)
+        assert srv.state.metrics.session_end_reasons["media_timeout"] == 1
+    finally:
+        await client.close()
+
+
+async def test_many_sessions_leave_nothing_behind(seetalk_server, replay_engine,
+                                                  webrtc_client_module):
+    srv = await seetalk_server(replay_engine, ServerConfig(max_sessions=3))
+    before = {t for t in asyncio.all_tasks()}
+    for _round in range(2):
+        clients = [webrtc_client_module.Client(srv.url, video=True) for _ in range(3)]
+        for c in clients:
+            await c.connect()
+        assert len(srv.state.peers) == 3
+        for c in clients:
+            await c.close()
+        await wait_until(lambda: not srv.state.peers, 10)
+    assert replay_engine.closed_sessions == 6
+    await asyncio.sleep(0.5)
+    leaked = [t for t in asyncio.all_tasks() - before if t.get_name().startswith("sess_")]
+    assert not leaked, leaked
+    body = srv.state.metrics.render()
+    assert "seetalk_sessions_active 0" in body and "seetalk_sessions_total 6" in body
+
+
+@pytest.mark.parametrize("size", [(3840, 2160), (641, 479), (2, 2)])
+async def test_camera_sizes_are_bounded(seetalk_server, webrtc_client_module, size):
+    from server.replay import ReplayEngine
+
+    engine = ReplayEngine()
+    srv = await seetalk_server(engine)
+    client = webrtc_client_module.Client(srv.url)
+    client.camera = webrtc_client_module.CameraSource(None, size[0], size[1], fps=10)
+    await client.connect()
+    try:
+        session = engine.sessions[0]
+        await wait_until(lambda: session.video_frames >= 2, 20)
+        h, w, c = session.video_shape
+        assert c == 3 and max(h, w) <= 1024
+        assert abs(w / h - size[0] / size[1]) < 0.1 * size[0] / size[1] + 0.5
+        # the outgoing audio kept real time while big frames were decoded and converted
+        # (client and server share this process and loop, so the client's 4K encoding
+        # counts against it too)
+        peer = srv.state.peers[client.session_id]
+        frames0, t0 = peer.audio_track.frames, time.monotonic()
+        await asyncio.sleep(2.0)
+        rate = (peer.audio_track.frames - frames0) / (time.monotonic() - t0)
+        assert rate >= 45, rate
+        assert peer.audio_track.resyncs <= 1
+    finally:
+        await client.close()

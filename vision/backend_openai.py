@@ -1,0 +1,205 @@
+"""An OpenAI-compatible chat completions server (vLLM, SGLang, llama.cpp, Ollama, OpenAI, xAI).
+
+Plain ``httpx`` with server-sent events, so that every failure maps onto one seetalk error:
+
+- connection refused, DNS failure -> :class:`BackendError` ("... is unreachable");
+- no answer within ``timeout_s`` (connect, first token, or between two tokens)
+  -> :class:`BackendTimeout`;
+- a 4xx on a request with images that mentions images (or any 400 on one)
+  -> :class:`ImagesRejected` (the caller drops the images and retries text-only);
+- any other HTTP error -> :class:`BackendError` with the status and the server's message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from seetalk.errors import BackendError, BackendTimeout, ImagesRejected
+from vision.backends import ChatMessage, GenerationSettings, has_images, openai_messages
+
+_IMAGE_WORDS = ("image", "multimodal", "multi-modal", "vision", "mmproj")
+_MAX_ERROR_BODY = 64 * 1024
+
+
+def _normalize_base_url(base_url: str) -> str:
+    """``http://host:8000`` -> ``http://host:8000/v1``; a URL with a path is kept as given."""
+    base = base_url.rstrip("/")
+    if urlsplit(base).path == "":
+        base += "/v1"
+    return base
+
+
+def _error_message(body: bytes) -> str:
+    """The server's own words from an error body (OpenAI, FastAPI or plain text)."""
+    text = body[:_MAX_ERROR_BODY].decode("utf-8", "replace").strip()
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return text[:500] or "(empty body)"
+    if isinstance(obj, dict):
+        err = obj.get("error", obj.get("detail", obj.get("message")))
+        if isinstance(err, dict):
+            err = err.get("message", err)
+        if err is not None:
+            return err if isinstance(err, str) else json.dumps(err)[:500]
+    return text[:500]
+
+
+def _mentions_images(message: str) -> bool:
+    lowered = message.lower()
+    return any(word in lowered for word in _IMAGE_WORDS)
+
+
+def _delta_text(obj: dict[str, Any]) -> str | None:
+    choices = obj.get("choices") or [{}]
+    first = choices[0] if isinstance(choices[0], dict) else {}
+    part = first.get("delta") or first.get("message") or {}
+    content = part.get("content") if isinstance(part, dict) else None
+    return content if isinstance(content, str) else None
+
+
+class OpenAIChatBackend:
+    """Chat completions, streamed, from an OpenAI-compatible server.
+
+    - ``base_url``: the API root, ``http://host:8000/v1`` (a bare ``http://host:8000`` gets
+      ``/v1`` added).
+    - ``api_key``: sent as a bearer token when set.
+    - ``model``: the ``model`` field of requests (servers with one model ignore it).
+    - ``timeout_s``: the longest wait for the connection, for the first token, and between
+      two tokens.
+
+    ``supports_images`` is True: a server's abilities cannot be known in advance; a
+    refusal raises :class:`ImagesRejected`.
+    """
+
+    supports_images = True
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        model: str = "default",
+        timeout_s: float = 20.0,
+    ) -> None:
+        self.base_url = _normalize_base_url(base_url)
+        self.model = model
+        self.timeout_s = timeout_s
+        self.name = f"openai:{model}@{urlsplit(self.base_url).netloc}"
+        self._headers = {"Accept": "text/event-stream"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._client: httpx.AsyncClient | None = None
+        self._closed = False
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._closed:
+            raise BackendError(f"{self.name} is closed")
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                headers=self._headers, timeout=httpx.Timeout(self.timeout_s)
+            )
+        return self._client
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], settings: GenerationSettings
+    ) -> AsyncIterator[str]:
+        """Stream the reply as text deltas.
+
+        Cancelling is safe: closing the generator or cancelling the task that iterates it
+        closes the HTTP response (the server sees the connection go and stops generating),
+        and ``CancelledError`` propagates.
+        """
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": openai_messages(messages),
+            "max_tokens": settings.max_tokens,
+            "temperature": settings.temperature,
+            "stream": True,
+        }
+        if settings.stop:
+            body["stop"] = list(settings.stop)
+        images = has_images(messages)
+        url = f"{self.base_url}/chat/completions"
+        try:
+            async with self._http().stream("POST", url, json=body) as resp:
+                if resp.status_code >= 400:
+                    raise self._http_error(resp.status_code, await resp.aread(), images)
+                if "text/event-stream" not in resp.headers.get("content-type", ""):
+                    # A server that ignored ``stream``: one whole completion.
+                    text = _delta_text(self._parse(await resp.aread(), images))
+                    if text:
+                        yield text
+                    return
+                async with aclosing(_sse_data(resp.aiter_lines())) as events:
+                    async for data in events:
+                        if data == "[DONE]":
+                            return
+                        text = _delta_text(self._parse(data.encode(), images))
+                        if text:
+                            yield text
+        except httpx.TimeoutException as exc:
+            raise BackendTimeout(
+                f"model server at {self.base_url} did not answer within {self.timeout_s:g} s"
+                f" ({type(exc).__name__})"
+            ) from exc
+        except httpx.ConnectError as exc:
+            raise BackendError(f"model server at {self.base_url} is unreachable: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise BackendError(
+                f"model server at {self.base_url} broke off the reply: {exc!r}"
+            ) from exc
+
+    def _parse(self, raw: bytes, images: bool) -> dict[str, Any]:
+        try:
+            obj = json.loads(raw)
+        except ValueError as exc:
+            raise BackendError(
+                f"model server at {self.base_url} sent invalid JSON: {raw[:200]!r}"
+            ) from exc
+        if not isinstance(obj, dict):
+            raise BackendError(f"model server at {self.base_url} sent {raw[:200]!r}")
+        if obj.get("error"):
+            # An error reported inside the stream (vLLM and others do this).
+            raise self._http_error(None, raw, images)
+        return obj
+
+    def _http_error(self, status: int | None, raw: bytes, images: bool) -> BackendError:
+        message = _error_message(raw)
+        client_error = status is None or 400 <= status < 500
+        if images and client_error and (status == 400 or _mentions_images(message)):
+            return ImagesRejected(f"{self.name} refused the images: {message}")
+        where = f"HTTP {status}" if status is not None else "an error"
+        if status in (408, 504):
+            return BackendTimeout(f"model server at {self.base_url} returned {where}: {message}")
+        return BackendError(f"model server at {self.base_url} returned {where}: {message}")
+
+    async def aclose(self) -> None:
+        """Close the connection pool. Idempotent; cancelling it is safe (connections are
+        dropped)."""
+        self._closed = True
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+
+async def _sse_data(lines: AsyncIterator[str]) -> AsyncGenerator[str, None]:
+    """The ``data`` of each server-sent event (multi-line data joined with newlines)."""
+    buf: list[str] = []
+    async for line in lines:
+        if line == "":
+            if buf:
+                yield "\n".join(buf)
+                buf = []
+        elif line.startswith("data:"):
+            value = line[5:]
+            buf.append(value[1:] if value.startswith(" ") else value)
+        # comments (":"), "event:", "id:", "retry:" carry nothing we use
+    if buf:
+        yield "\n".join(buf)

@@ -1,0 +1,139 @@
+"""The model backend interface: chat messages in, streamed text deltas out.
+
+It lives in ``vision`` because the same model later receives camera frames (JPEG bytes on
+user messages). Two implementations:
+
+- :class:`vision.backend_local.LlamaCppBackend`: llama-cpp-python in-process (the default,
+  with the embedded SmolLM2 model);
+- :class:`vision.backend_openai.OpenAIChatBackend`: any OpenAI-compatible server (vLLM,
+  SGLang, llama.cpp's server, Ollama, OpenAI, xAI).
+
+:func:`make_backend` picks one from a :class:`~seetalk.config.ModelConfig`.
+
+Errors are the ones of :mod:`seetalk.errors`: :class:`~seetalk.errors.ImagesRejected` when the
+model refuses images (the caller drops them and retries text-only),
+:class:`~seetalk.errors.BackendTimeout`, :class:`~seetalk.errors.BackendError`,
+:class:`~seetalk.errors.ModelNotFound`.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from seetalk.config import ModelConfig
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One message of the conversation. ``images`` are JPEG bytes, only on user messages."""
+
+    role: Role
+    text: str
+    images: tuple[bytes, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.role not in ("system", "user", "assistant"):
+            raise ValueError(f"unknown chat role {self.role!r}")
+        if self.images and self.role != "user":
+            raise ValueError("images belong on user messages only")
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Per-call sampling settings.
+
+    The defaults suit the tiny embedded SmolLM2 (135M), which rambles when left alone: a low
+    temperature and a short answer (about two spoken sentences).
+    """
+
+    max_tokens: int = 120
+    temperature: float = 0.3
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1")
+        if self.temperature < 0:
+            raise ValueError("temperature must not be negative")
+
+
+@runtime_checkable
+class ChatBackend(Protocol):
+    """A language (or vision-language) model that streams a reply.
+
+    ``stream()`` is an async generator of text deltas. Cancelling its consumer (``aclose()``
+    of the generator, or cancelling the task that iterates it) is safe and stops generation
+    promptly; the ``CancelledError`` propagates. ``supports_images`` says whether sending
+    images is worth trying; a backend that refuses them raises ``ImagesRejected``.
+    """
+
+    name: str
+    supports_images: bool
+
+    def stream(
+        self, messages: Sequence[ChatMessage], settings: GenerationSettings
+    ) -> AsyncIterator[str]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def has_images(messages: Sequence[ChatMessage]) -> bool:
+    return any(m.images for m in messages)
+
+
+def jpeg_data_url(jpeg: bytes) -> str:
+    """A ``data:image/jpeg;base64,...`` URL, the form both backends send images in."""
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+
+
+def openai_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    """Messages in the OpenAI chat format.
+
+    A message without images has plain string content; one with images has content parts:
+    the images first (``image_url`` parts with JPEG data URLs), then the ``text`` part, the
+    order vision-language prompts are trained on.
+    """
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if not m.images:
+            out.append({"role": m.role, "content": m.text})
+            continue
+        parts: list[dict[str, Any]] = [
+            {"type": "image_url", "image_url": {"url": jpeg_data_url(img)}} for img in m.images
+        ]
+        parts.append({"type": "text", "text": m.text})
+        out.append({"role": m.role, "content": parts})
+    return out
+
+
+def make_backend(cfg: ModelConfig, resolve_llm: Callable[[ModelConfig], Path]) -> ChatBackend:
+    """The backend ``cfg`` asks for: an OpenAI-compatible server when ``cfg.llm_base_url`` is
+    set, else llama.cpp in-process on the GGUF file ``resolve_llm(cfg)`` returns (with
+    ``cfg.mmproj`` as the vision projector when set). Nothing is loaded or connected yet;
+    ``resolve_llm`` may raise :class:`~seetalk.errors.ModelNotFound`."""
+    if cfg.llm_base_url:
+        from vision.backend_openai import OpenAIChatBackend
+
+        return OpenAIChatBackend(
+            cfg.llm_base_url,
+            api_key=cfg.llm_api_key,
+            model=cfg.llm_model,
+            timeout_s=cfg.llm_timeout_s,
+        )
+    from vision.backend_local import LlamaCppBackend
+
+    mmproj = Path(cfg.mmproj) if cfg.mmproj else None
+    return LlamaCppBackend(
+        resolve_llm(cfg),
+        # An image costs hundreds of tokens of context.
+        n_ctx=4096 if mmproj else 2048,
+        threads=cfg.llm_threads,
+        mmproj_path=mmproj,
+    )

@@ -1,0 +1,428 @@
+"""Speech recognition: a synchronous whisper :class:`Transcriber` (faster-whisper, CPU) and an
+asyncio :class:`StreamingRecognizer` that gives partial transcripts while a person speaks and
+a final one when their turn ends.
+
+Cost on a CPU: whisper always encodes a 30 s window, so a short utterance costs nearly what
+a long one does (whisper base, 2 cores: ~1-1.5 s). Two bounds keep that flat:
+
+- a *partial* transcribes only the last ``PARTIAL_WINDOW_S`` (25 s) of the utterance, so its
+  cost, and therefore partial lag, does not grow on a long utterance;
+- a *final* of audio longer than ``WINDOW_S`` (28 s) is cut into windows of at most 28 s at
+  the quietest 100 ms in the last 4 s of each window, transcribed window by window and joined
+  (cost grows linearly with length, one window per 28 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from seetalk.errors import BadAudio, ModelNotFound
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+MIN_AUDIO_S = 0.1  # shorter audio transcribes to ""
+WINDOW_S = 28.0
+PARTIAL_WINDOW_S = 25.0
+
+
+def split_windows(
+    audio: np.ndarray, window_s: float = WINDOW_S, search_s: float = 4.0
+) -> list[np.ndarray]:
+    """Cut ``audio`` into pieces of at most ``window_s``, each ending at the quietest 100 ms
+    within its last ``search_s`` seconds (so a cut rarely falls inside a word)."""
+    win, search, hop = int(window_s * SAMPLE_RATE), int(search_s * SAMPLE_RATE), SAMPLE_RATE // 10
+    out: list[np.ndarray] = []
+    start = 0
+    while audio.size - start > win:
+        lo = start + win - search
+        seg = audio[lo : start + win]
+        energy = np.square(seg[: seg.size // hop * hop]).reshape(-1, hop).sum(axis=1)
+        cut = lo + int(np.argmin(energy)) * hop + hop // 2
+        out.append(audio[start:cut])
+        start = cut
+    out.append(audio[start:])
+    return out
+
+
+class Transcriber:
+    """Whisper on the CPU. The model loads lazily on first use and is cached; thread-safe
+    (CTranslate2 serialises calls on one model). Every method is synchronous: run it in an
+    executor from async code."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        threads: int = 2,
+        compute_type: str = "int8",
+        language: str = "en",
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.threads = threads
+        self.compute_type = compute_type
+        self.language = language
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    def load(self) -> Any:
+        """Load the model now (otherwise the first transcription does)."""
+        with self._lock:
+            if self._model is None:
+                if not (self.model_dir / "model.bin").is_file():
+                    raise ModelNotFound(
+                        f"speech recognition model not found: no model.bin in {self.model_dir}"
+                    )
+                from faster_whisper import WhisperModel
+
+                self._model = WhisperModel(
+                    str(self.model_dir),
+                    device="cpu",
+                    compute_type=self.compute_type,
+                    cpu_threads=self.threads,
+                    local_files_only=True,
+                )
+            return self._model
+
+    @property
+    def english_only(self) -> bool:
+        return not self.load().model.is_multilingual
+
+    def _run(self, audio: np.ndarray, prompt: str | None) -> str:
+        model = self.load()
+        language = "en" if not model.model.is_multilingual else self.language
+        segments, _info = model.transcribe(
+            audio,
+            language=language,
+            beam_size=1,
+            vad_filter=False,
+            condition_on_previous_text=False,
+            without_timestamps=True,
+            initial_prompt=prompt or None,
+        )
+        return " ".join(s.text.strip() for s in segments if s.text.strip())
+
+    @staticmethod
+    def _check(audio16k: np.ndarray) -> np.ndarray:
+        a = np.asarray(audio16k)
+        if a.ndim != 1:
+            raise BadAudio(f"expected mono 16 kHz audio, got shape {a.shape}")
+        return a.astype(np.float32, copy=False)
+
+    def transcribe(self, audio16k: np.ndarray, *, prompt: str | None = None) -> str:
+        """The whole utterance; windows of at most 28 s joined (see module docstring)."""
+        a = self._check(audio16k)
+        if a.size < MIN_AUDIO_S * SAMPLE_RATE:
+            return ""
+        texts = [self._run(w, prompt) for w in split_windows(a)]
+        return " ".join(t for t in texts if t)
+
+    def transcribe_partial(self, audio16k: np.ndarray, *, prompt: str | None = None) -> str:
+        """The last ``PARTIAL_WINDOW_S`` seconds only: bounded cost for partial transcripts."""
+        a = self._check(audio16k)
+        if a.size < MIN_AUDIO_S * SAMPLE_RATE:
+            return ""
+        return self._run(a[-int(PARTIAL_WINDOW_S * SAMPLE_RATE) :], prompt)
+
+
+class SupportsTranscribe(Protocol):
+    def transcribe(self, audio16k: np.ndarray, *, prompt: str | None = None) -> str: ...
+
+    def transcribe_partial(self, audio16k: np.ndarray, *, prompt: str | None = None) -> str: ...
+
+
+# --- when to run a partial: pure -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PartialDecision:
+    run: bool
+    wait_s: float  # how long the timer may sleep before asking again
+    reason: str
+
+
+def decide_partial(
+    *,
+    now: float,
+    last_start: float | None,
+    interval_s: float,
+    busy: bool,
+    listening: bool,
+    audio_s: float,
+    min_audio_s: float,
+    new_audio: bool,
+) -> PartialDecision:
+    """Whether a partial transcription should start at time ``now`` (seconds, any origin).
+
+    ``listening``: an utterance is active and not paused. ``busy``: an inference is in
+    flight (a partial is then skipped, never queued: the next one takes the newest audio).
+    ``new_audio``: audio arrived since the last partial started.
+    """
+    if not listening:
+        return PartialDecision(False, interval_s, "not listening")
+    if audio_s < min_audio_s:
+        return PartialDecision(False, min(interval_s, min_audio_s - audio_s), "too little audio")
+    if last_start is not None and now - last_start < interval_s:
+        return PartialDecision(False, interval_s - (now - last_start), "not due")
+    if busy:
+        return PartialDecision(False, interval_s, "busy")
+    if not new_audio:
+        return PartialDecision(False, interval_s, "no new audio")
+    return PartialDecision(True, interval_s, "due")
+
+
+# --- the streaming recognizer: glue --------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    kind: Literal["partial", "final"]
+    utterance: int
+    samples: int  # audio covered
+    audio_t: float  # loop time at which the last covered sample arrived
+    future: asyncio.Future[str]
+    discarded: bool = False
+
+
+@dataclass
+class RecognizerStats:
+    last_partial_lag_s: float | None = None
+    inferences: int = 0
+    partials: int = 0
+    speculative_hit: bool | None = None  # of the last finalize()
+
+
+class StreamingRecognizer:
+    """Partial and final transcripts of one speaker, one utterance at a time.
+
+    At most one model call is in flight (a partial due while one runs is skipped). Partials
+    run on a timer task owned by the recognizer while an utterance is active and not paused,
+    each on the audio as it is when it starts. :meth:`pause` (first silence) starts the final
+    pass speculatively; :meth:`resume` discards it; :meth:`finalize` reuses it when no audio
+    arrived since. Model calls run in ``executor``, never on the event loop. Methods other
+    than :meth:`finalize` and :meth:`aclose` are synchronous and must be called from the loop.
+    """
+
+    def __init__(
+        self,
+        transcriber: SupportsTranscribe,
+        executor: concurrent.futures.Executor,
+        *,
+        partial_interval_s: float = 0.4,
+        min_partial_audio_s: float = 0.5,
+        on_partial: Callable[[str], None] | None = None,
+        prompt: str | None = None,
+    ) -> None:
+        self.transcriber = transcriber
+        self.executor = executor
+        self.partial_interval_s = partial_interval_s
+        self.min_partial_audio_s = min_partial_audio_s
+        self.on_partial = on_partial
+        self.prompt = prompt
+        self.stats = RecognizerStats()
+        self._chunks: list[np.ndarray] = []
+        self._samples = 0
+        self._utterance = 0
+        self._active = False
+        self._paused = False
+        self._last_append_t = 0.0
+        self._last_partial_start: float | None = None
+        self._partial_samples = 0  # audio covered by the last partial started
+        self._job: _Job | None = None  # the one inference in flight
+        self._spec: _Job | None = None  # the speculative final of this pause
+        self._want_spec = False
+        self._wake = asyncio.Event()
+        self._timer: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        return self._job is not None
+
+    @property
+    def audio_s(self) -> float:
+        return self._samples / SAMPLE_RATE
+
+    def _audio(self) -> np.ndarray:
+        if len(self._chunks) > 1:
+            self._chunks = [np.concatenate(self._chunks)]
+        return self._chunks[0] if self._chunks else np.zeros(0, dtype=np.float32)
+
+    def begin(self) -> None:
+        """Start a new utterance: clears the audio; results of earlier ones are ignored."""
+        if self._closed:
+            raise RuntimeError("recognizer is closed")
+        self._utterance += 1
+        self._chunks, self._samples = [], 0
+        self._active, self._paused = True, False
+        self._last_partial_start, self._partial_samples = None, 0
+        self._spec, self._want_spec = None, False
+        if self._timer is None or self._timer.done():
+            self._timer = asyncio.get_running_loop().create_task(self._partials())
+        self._wake.set()
+
+    def append(self, audio16k: np.ndarray) -> None:
+        """Add speech (mono float32 at 16 kHz). Non-blocking."""
+        a = np.asarray(audio16k, dtype=np.float32).reshape(-1)
+        if not self._active or a.size == 0:
+            return
+        self._chunks.append(a.copy())
+        self._samples += a.size
+        self._last_append_t = asyncio.get_running_loop().time()
+
+    def pause(self) -> None:
+        """First silence: start the final pass speculatively on the audio so far."""
+        if not self._active:
+            return
+        self._paused = True
+        if self._spec is not None and self._spec.samples == self._samples:
+            return
+        if self._job is None:
+            self._spec = self._start("final")
+        else:
+            self._want_spec = True  # started when the running inference ends
+
+    def resume(self) -> None:
+        """Speech came back: discard the speculative final; partials continue."""
+        if not self._active:
+            return
+        self._paused, self._want_spec = False, False
+        if self._spec is not None:
+            self._spec.discarded = True
+            self._spec = None
+        self._wake.set()
+
+    async def finalize(self) -> str:
+        """The final transcript of the whole utterance; ends it (partials stop).
+
+        Reuses the speculative final when no audio arrived since it started. Cancelling this
+        is safe: the model call it waits on finishes in the background and is ignored.
+        """
+        if not self._active:
+            return ""
+        self._active, self._want_spec = False, False
+        spec, self._spec = self._spec, None
+        if spec is not None and not spec.discarded and spec.samples == self._samples:
+            self.stats.speculative_hit = True
+            return await asyncio.shield(spec.future)
+        self.stats.speculative_hit = False
+        while self._job is not None:
+            await asyncio.wait([self._job.future])
+        if self._samples < MIN_AUDIO_S * SAMPLE_RATE:
+            return ""
+        job = self._start("final")
+        return await asyncio.shield(job.future)
+
+    async def aclose(self) -> None:
+        """Stop the timer task and wait for the inference in flight to end (at most one).
+
+        Cancelling ``aclose`` itself propagates; the recognizer is closed either way.
+        """
+        self._closed, self._active = True, False
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+            try:
+                await timer
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+        if self._job is not None:
+            await asyncio.wait([self._job.future])
+
+    async def speculative_result(self) -> str | None:
+        """The result of the speculative final started by the last :meth:`pause`, or ``None``
+        when it was discarded (speech resumed) or the utterance ended. Cancelling it is safe."""
+        while self._active and self._paused and self._spec is None and self._want_spec:
+            self._wake.clear()
+            await self._wake.wait()
+        spec = self._spec
+        if spec is None:
+            return None
+        try:
+            text = await asyncio.shield(spec.future)
+        except Exception:  # noqa: BLE001 - the final pass reports its own failure
+            return None
+        return None if spec.discarded or spec is not self._spec else text
+
+    def discard(self) -> None:
+        """Drop the utterance in progress (it held no words); partials stop."""
+        self._active, self._paused, self._want_spec = False, False, False
+        if self._spec is not None:
+            self._spec.discarded = True
+            self._spec = None
+        self._chunks, self._samples = [], 0
+
+    # -- inference -----------------------------------------------------------------------
+
+    def _start(self, kind: Literal["partial", "final"]) -> _Job:
+        assert self._job is None, "one inference at a time"
+        loop = asyncio.get_running_loop()
+        audio = self._audio()
+        fn = self.transcriber.transcribe if kind == "final" else self.transcriber.transcribe_partial
+        future = loop.run_in_executor(self.executor, _call, fn, audio, self.prompt)
+        job = _Job(kind, self._utterance, audio.size, self._last_append_t, future)
+        self._job = job
+        self.stats.inferences += 1
+        future.add_done_callback(lambda f: self._done(job))
+        return job
+
+    def _done(self, job: _Job) -> None:
+        self._job = None
+        fut = job.future
+        if job.kind == "partial" and not fut.cancelled():
+            exc = fut.exception()
+            if exc is not None:
+                log.warning("partial transcription failed: %s", exc)
+            elif job.utterance == self._utterance and self._active:
+                self.stats.partials += 1
+                self.stats.last_partial_lag_s = asyncio.get_running_loop().time() - job.audio_t
+                if self.on_partial is not None:
+                    self.on_partial(fut.result())
+        elif not fut.cancelled() and fut.exception() is not None:  # marks it retrieved
+            log.debug("final transcription failed: %s", fut.exception())
+        if self._want_spec and self._active and self._paused:
+            self._want_spec = False
+            self._spec = self._start("final")
+        self._wake.set()
+
+    async def _partials(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            d = decide_partial(
+                now=loop.time(),
+                last_start=self._last_partial_start,
+                interval_s=self.partial_interval_s,
+                busy=self._job is not None,
+                listening=self._active and not self._paused,
+                audio_s=self.audio_s,
+                min_audio_s=self.min_partial_audio_s,
+                new_audio=self._samples > self._partial_samples,
+            )
+            if d.run:
+                self._last_partial_start = loop.time()
+                self._partial_samples = self._samples
+                self._start("partial")
+                continue
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(max(d.wait_s, 0.005)):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+
+def _call(fn: Callable[..., str], audio: np.ndarray, prompt: str | None) -> str:
+    return fn(audio, prompt=prompt)
