@@ -60,7 +60,7 @@ class TurnSettings:
     silence_ms: int = 500
     vad_threshold: float = 0.5
     prefix_padding_ms: int = 300
-    min_speech_ms: int = 160
+    min_speech_ms: int = 96
     min_silence_ms: int = 96
     preemptive: bool = True
     interrupt: bool = True

@@ -72,7 +72,11 @@ def check_offer_sdp(sdp: str) -> None:
 
 
 class Server:
-    """What the routes share: the engine, the live peers, metrics and the authenticator."""
+    """What the routes share: the engine, the live sessions, metrics and the authenticator.
+
+    ``peers`` holds every live session of any transport; each value has ``id``,
+    ``async close(reason)`` and ``stats()``, and counts against ``cfg.max_sessions``.
+    """
 
     def __init__(
         self,
@@ -86,7 +90,7 @@ class Server:
         self.clock = clock
         self.metrics = Metrics()
         self.auth = Authenticator(server_cfg.api_key)
-        self.peers: dict[str, Peer] = {}
+        self.peers: dict[str, Any] = {}
         self.starting = 0
         self.peer_options = peer_options
         self.session_factory = session_factory or (lambda e: e.new_session(playout="paced"))
@@ -176,11 +180,13 @@ def create_app(
     web_dir: Path = WEB_DIR,
     clock: Callable[[], float] = time.monotonic,
     peer_options: dict[str, Any] | None = None,
+    realtime_ws: bool = True,
 ) -> FastAPI:
     """The app around ``engine`` (has ``new_session``) or a factory that loads one in a thread.
 
     ``session_factory(engine)`` makes a session (default: ``engine.new_session(playout=
     "paced")``); ``peer_options`` go to :class:`~server.webrtc.Peer` (timeouts, video rate).
+    ``realtime_ws`` adds the OpenAI Realtime WebSocket route of ``server.realtime_ws``.
     """
     cfg = server_cfg or ServerConfig()
     state = Server(engine, cfg, session_factory, clock, peer_options or {})
@@ -312,6 +318,13 @@ def create_app(
     async def post_hangup(request: Request, session_id: str) -> Response:
         return await hangup(request, session_id)
 
+    if realtime_ws:
+        try:
+            from server.realtime_ws import add_realtime_routes
+        except ImportError:
+            log.warning("server.realtime_ws is missing: no WebSocket API")
+        else:
+            add_realtime_routes(app)
     return app
 
 

@@ -63,7 +63,7 @@ class AudioOutput:
         while self._buffered >= self.high_water:
             self._space.clear()
             await self._space.wait()
-        if len(samples):
+        if len(samples) and reply.status == "in_progress":
             self._queue.append((reply, samples))
             self._buffered += len(samples)
             self._data.set()

@@ -21,6 +21,7 @@ class Item:
     interrupted: bool = False
     images: tuple[bytes, ...] = field(default=(), repr=False)
     source: str = "audio"  # "audio" | "text"
+    notes: str = ""  # scene notes of the camera frames, for a model that cannot see
 
     def to_event_item(self) -> dict:
         if self.role == "user":
@@ -65,6 +66,8 @@ class Conversation:
         out = [ChatMessage("system", instructions)]
         for item in recent:
             text = item.text.strip()
+            if item.notes:
+                text = f"{item.notes}\n{text}"
             if item.role == "assistant" and item.interrupted:
                 text = f"{text} ..." if text else "..."
             images = item.images if with_images and item.id == newest_with_images else ()

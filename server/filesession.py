@@ -56,8 +56,6 @@ async def run_session(engine: Engine, audio: np.ndarray, rate: int, *, fast: boo
     run = FileRun(np.zeros(0, np.int16), out_rate)
     loop = asyncio.get_running_loop()
     await session.start()
-    if camera is not None:
-        session.frames = camera.attach(session)
     t0 = loop.time()
     quiet_steps = 0
     try:

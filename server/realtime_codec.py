@@ -145,9 +145,15 @@ class AudioEncoder:
             s = float_to_s16(x)
         return encode_samples(s, self.fmt)
 
+    def flush(self) -> bytes:
+        """The end of the signal the filter held back; then ready for a new one."""
+        if self._resampler is None:
+            return b""
+        return encode_samples(float_to_s16(self._resampler.flush()), self.fmt)
+
     def reset(self) -> None:
-        if self._resampler is not None:
-            self._resampler.flush()
+        """Drop what the filter holds (the signal was cut) and start a new one."""
+        self.flush()
 
 
 def duration_ms(n_bytes: int, fmt: AudioFormat) -> float:

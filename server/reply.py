@@ -92,6 +92,7 @@ class Reply:
     error: dict | None = None  # why the model failed, when it did
     times: TurnTimes = field(default_factory=TurnTimes)
     text_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    released: asyncio.Event = field(default_factory=asyncio.Event)  # a held reply was adopted
 
     @property
     def synthesized_chars(self) -> int:

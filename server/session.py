@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,7 +26,7 @@ from server.audio_out import AudioOutput
 from server.conversation import Conversation, Item
 from server.reply import Reply
 from server.speaker import Busy, Speaker, _cancel
-from vision.backends import GenerationSettings
+from vision.backends import ChatMessage, GenerationSettings
 from voice.asr import StreamingRecognizer
 from voice.audio import StreamResampler, s16_interleaved_to_mono_float
 from voice.vad import SileroVad, VoiceActivity
@@ -71,6 +72,23 @@ class EventQueue:
         return len(self._items)
 
 
+@dataclass(frozen=True)
+class TurnVision:
+    """What the model sees with a user turn: images (for a vision model) or scene notes."""
+
+    images: tuple[bytes, ...]
+    notes: str
+    selection: Any
+
+
+def _frame_intake(settings: SessionSettings) -> Any:
+    try:
+        from vision.frames import FrameIntake  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return FrameIntake(settings)
+
+
 class Session:
     def __init__(self, engine: Engine, settings: SessionSettings, *, playout: str = "paced",
                  clock: Clock | None = None, session_id: str | None = None) -> None:
@@ -88,7 +106,8 @@ class Session:
         self.busy = Busy()
         self.closed = False
         self.last_activity = self.clock.now()
-        self.frames: Any = None  # camera frames, when the vision stage is present
+        self.frames: Any = _frame_intake(settings)  # camera frames (vision/frames.py)
+        self._vision: asyncio.Task[TurnVision] | None = None  # what the model sees this turn
         self._tasks: set[asyncio.Task[Any]] = set()
         self._speaker = Speaker(engine, self.audio_out, self.emit, self.clock, self.busy, self.spawn)
         self._vad = VoiceActivity(SileroVad(engine.vad_path), settings.turn)
@@ -111,6 +130,7 @@ class Session:
         self._reply: Reply | None = None  # the reply of the current turn
         self._held: Reply | None = None  # a preemptive reply, not yet confirmed
         self._finalizing: asyncio.Task[None] | None = None
+        self._utterance_start = 0.0
         self._final_clock: float | None = None
         self._finished: deque[Reply] = deque(maxlen=8)  # ended replies a client may truncate
         self._manual_audio = False  # turn mode "none": audio since the last commit
@@ -216,6 +236,17 @@ class Session:
         self._input_ready.set()
         self.last_activity = self.clock.now()
 
+    def push_video(self, frame: np.ndarray, t: float | None = None) -> None:
+        """Offer a camera frame (BGR ``uint8`` array). The intake keeps a bounded history,
+        latest wins; it is stamped with the input audio timeline, not ``t``. A frame that
+        cannot be used becomes an ``error`` event."""
+        if self.closed or self.frames is None:
+            return
+        try:
+            self.frames.add(frame, self._samples / RATE)
+        except SeetalkError as exc:
+            self.emit(ev.error(exc.to_event_error()))
+
     async def feed_audio(self, samples: np.ndarray, rate: int, channels: int = 1) -> None:
         """Process audio now, in order (file sessions on a virtual clock)."""
         audio = self._to_model_rate(samples, rate, channels)
@@ -299,8 +330,9 @@ class Session:
             match action:
                 case tt.UtteranceStarted(t=t):
                     self._start_utterance(t)
-                case tt.RecognitionPaused():
+                case tt.RecognitionPaused(t=t):
                     self._recognizer.pause()
+                    self._look(t)
                     self.spawn(self._speculate())
                 case tt.RecognitionResumed():
                     self._recognizer.resume()
@@ -309,6 +341,8 @@ class Session:
                 case tt.CancelPreemptive():
                     self._drop_held()
                 case tt.EndOfTurn(start=start, end=end):
+                    if self._vision is None:
+                        self._look(end)
                     self._end_of_turn(start, end)
                 case tt.AdoptPreemptive():
                     self._adopt()
@@ -326,6 +360,8 @@ class Session:
                     self._interrupt_reply(rid, "turn_detected")
 
     def _start_utterance(self, onset: float) -> None:
+        self._utterance_start = onset
+        self._vision = None
         self._user_item = ev.new_id("item")
         self._partial = ""
         self._recognizer.begin()
@@ -359,7 +395,9 @@ class Session:
             text = (await self._recognizer.finalize()).strip()
         self._final_clock = self.clock.now()
         if tt.has_words(text):
-            previous = self.conversation.add(Item(item_id, "user", text, images=self._images_for_turn()))
+            seen = await self._seen(item_id)
+            previous = self.conversation.add(
+                Item(item_id, "user", text, images=seen.images, notes=seen.notes))
             self.emit(ev.input_committed(item_id, previous))
             self.emit(ev.transcription_completed(item_id, text, seconds))
             user = self.conversation.get(item_id)
@@ -369,10 +407,42 @@ class Session:
         self._user_item = None
         self._apply(self.turns.final(text))
 
-    def _images_for_turn(self) -> tuple[bytes, ...]:
-        if self.frames is None:
-            return ()
-        return tuple(self.frames.select_for_turn(self))
+    # --- seeing ---------------------------------------------------------------------------
+
+    def _look(self, end: float) -> None:
+        """Choose what the model sees for the utterance ending at ``end`` (in the background)."""
+        if self.frames is None or not self.frames.camera_on:
+            self._vision = None
+            return
+        self._vision = self.spawn(self._select_frames(self._utterance_start, end))
+
+    async def _select_frames(self, start: float, end: float) -> TurnVision:
+        loop = asyncio.get_running_loop()
+        with self.busy():
+            selection = await loop.run_in_executor(
+                self.engine.vision_executor, self.frames.select, start, end)
+            images = selection.jpegs()
+            notes = ""
+            if images and not self.engine.backend.supports_images and self.engine.vision is not None:
+                notes = await loop.run_in_executor(
+                    self.engine.vision_executor, self.engine.vision.describe, images)
+        return TurnVision(images, notes, selection)
+
+    async def _seen(self, item_id: str) -> TurnVision:
+        """What the model sees with this turn; reported as ``seetalk.frames.selected``."""
+        task, self._vision = self._vision, None
+        if task is None:
+            return TurnVision((), "", None)
+        try:
+            seen = await task
+        except SeetalkError as exc:
+            self.emit(ev.images_dropped(item_id, exc.message))
+            return TurnVision((), "", None)
+        if seen.selection is not None:
+            self.emit(ev.frames_selected(item_id, seen.selection.describe(), seen.selection.reason))
+        if not self.engine.backend.supports_images:
+            return TurnVision((), seen.notes, seen.selection)
+        return seen
 
     def _discard_utterance(self) -> None:
         if self._user_item is not None:
@@ -395,14 +465,14 @@ class Session:
     def _run(self, reply: Reply, user_text: str | None = None) -> None:
         messages = self.conversation.messages(self.settings.instructions, self.settings.history_turns)
         if user_text is not None:  # preemptive: the user's words are not in history yet
-            from vision.backends import ChatMessage
-
             messages.append(ChatMessage("user", user_text))
         item = self._user_item
         self._speaker.start(reply, messages, self._generation(),
                             lambda why: self.emit(ev.images_dropped(item or "", why)))
 
     def _start_preemptive(self, text: str) -> None:
+        if self._vision is not None:
+            return  # what the camera shows is still being looked at: wait for the endpoint
         self._drop_held()
         self._held = self._new_reply(held=True)
         self._held.times.preemptive = True
@@ -412,7 +482,7 @@ class Session:
         held, self._held = self._held, None
         if held is not None:
             held.status = "cancelled"
-            self.spawn(self._speaker.cancel(held))
+            self._speaker.cancel(held)
 
     def _adopt(self) -> None:
         reply, self._held = self._held, None
@@ -451,7 +521,7 @@ class Session:
         self.emit(ev.output_audio_cleared(reply.id))
         self.emit(ev.reply_paused(reply.id, reply.position_ms()))
         self.emit(ev.barge_in(reply.id, int(onset * 1000), now_ms))
-        self.spawn(self._speaker.pause(reply))
+        self._speaker.pause(reply)
 
     def _resume_reply(self, reply_id: str) -> None:
         reply = self._find_reply(reply_id)
@@ -472,7 +542,7 @@ class Session:
             self.audio_out.clear()
         reply.status = "cancelled"
         self._finished.append(reply)
-        self.spawn(self._speaker.cancel(reply))
+        self._speaker.cancel(reply)
         self.turns.reply_ended(reply.id)
         if self._reply is reply:
             self._reply = None

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+HELD_SEGMENTS = 2  # clauses a held (preemptive) reply synthesizes before it is adopted
 APOLOGY = "Sorry, I can't reach my language model right now."
 
 
@@ -61,6 +62,7 @@ class Speaker:
         self._consumed: dict[str, int] = {}  # reply.text characters already cut into clauses
         self._queued: dict[str, int] = {}  # reply audio samples already on the AudioOutput
         self._flushing: dict[str, asyncio.Lock] = {}  # one writer per reply keeps order
+        self._flushers: dict[str, asyncio.Task] = {}  # adoption's flush of a held reply
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -85,12 +87,16 @@ class Speaker:
     def adopt(self, reply: Reply) -> None:
         """A held reply is confirmed: announce it and play what it has synthesized."""
         reply.held = False
+        reply.released.set()
         self.announce(reply)
-        self.spawn(self._flush(reply))
+        self._flushers[reply.id] = self.spawn(self._flush(reply))
 
-    async def pause(self, reply: Reply) -> None:
-        """Barge-in: stop synthesis (generation goes on, bounded by max tokens)."""
-        await _cancel(self._synth.pop(reply.id, None))
+    def pause(self, reply: Reply) -> None:
+        """Barge-in: stop synthesis now (generation goes on, bounded by max tokens).
+
+        The task is cancelled before this returns, so it cannot queue more audio."""
+        self._stop(self._synth.pop(reply.id, None))
+        self._stop(self._flushers.pop(reply.id, None))
         self._queued[reply.id] = reply.played
 
     def resume(self, reply: Reply) -> None:
@@ -100,16 +106,23 @@ class Speaker:
         self._queued[reply.id] = reply.played
         self._synth[reply.id] = self.spawn(self._synthesize(reply))
 
-    async def cancel(self, reply: Reply) -> None:
-        """Stop generation and synthesis and wait for them to end."""
-        await _cancel(self._synth.pop(reply.id, None))
-        await _cancel(self._gen.pop(reply.id, None))
+    def cancel(self, reply: Reply) -> None:
+        """Stop generation and synthesis now; they are awaited in the background."""
+        self._stop(self._synth.pop(reply.id, None))
+        self._stop(self._flushers.pop(reply.id, None))
+        self._stop(self._gen.pop(reply.id, None))
         self.forget(reply)
+
+    def _stop(self, task: asyncio.Task | None) -> None:
+        if task is not None and not task.done():
+            task.cancel()
+            self.spawn(_cancel(task))
 
     def forget(self, reply: Reply) -> None:
         self._consumed.pop(reply.id, None)
         self._queued.pop(reply.id, None)
         self._flushing.pop(reply.id, None)
+        self._flushers.pop(reply.id, None)
         self._gen.pop(reply.id, None)
         self._synth.pop(reply.id, None)
 
@@ -155,19 +168,22 @@ class Speaker:
         fed = base
         await self._flush(reply)  # on resume: the audio that was synthesized but not played
         while True:
+            last = False
             if fed < len(reply.text):
                 spans = splitter.push_spans(reply.text[fed:])
                 fed = len(reply.text)
             elif reply.generation_done:
-                spans = splitter.flush_spans()
+                spans, last = splitter.flush_spans(), True
             else:
                 reply.text_changed.clear()
                 await reply.text_changed.wait()
                 continue
             for start, clause in spans:
+                while reply.held and len(reply.segments) >= HELD_SEGMENTS:
+                    await reply.released.wait()  # enough to start at once when adopted
                 await self._speak_clause(reply, clause)
                 self._consumed[reply.id] = base + start + len(clause)
-            if reply.generation_done and fed >= len(reply.text) and not spans:
+            if last:
                 break
         reply.synthesis_done = True
         self.audio_out.check_finished()

@@ -30,7 +30,9 @@ from seetalk.config import TurnSettings
 # Words whisper produces from noise, breath or a cough; alone they are not an utterance.
 _HALLUCINATIONS = frozenset(
     {"", "you", "thank you", "thanks", "bye", "uh", "um", "hmm", "mm", "oh", "ah", "so",
-     "thank you for watching", "thanks for watching"}
+     "thank you for watching", "thanks for watching",
+     # backchannels: the person is listening, not taking the turn
+     "uh huh", "mm hmm", "mhm", "uh uh", "hmm hmm", "mm mm", "ah ha", "aha"}
 )
 
 

@@ -93,6 +93,7 @@ class Peer:
         self.created = clock()
         self.last_media: float | None = None
         self.last_client_event = self.created
+        self.last_event = self.created  # the session's last event: speech, replies, errors
         self.close_reason: str | None = None
         self.channels: list[Any] = []
         self.counters: collections.Counter[str] = collections.Counter()
@@ -300,6 +301,7 @@ class Peer:
     async def _pump_events(self) -> None:
         while True:
             event = await self.session.events.get()
+            self.last_event = self._clock()
             self.metrics.observe_event(event)
             self._broadcast(event)
 
@@ -357,11 +359,11 @@ class Peer:
                 self.request_close("idle_timeout")
 
     def _last_activity(self) -> float:
-        activity = getattr(self.session, "last_activity", None)
-        candidates = [self.created, self.last_client_event]
-        if isinstance(activity, int | float):
-            candidates.append(float(activity))
-        return max(candidates)
+        """Idle means nothing happened: no session event (speech, replies, errors) and no
+        client event. Media alone (a microphone streaming silence) is not activity; its
+        absence is the media timeout. (``session.last_activity`` is on the session's clock
+        and moves with any audio, so it is not used here.)"""
+        return max(self.created, self.last_client_event, self.last_event)
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -1,6 +1,5 @@
 import pytest
 
-
 # --- backend fixtures ---
 # The SmolLM2 GGUF, and a real OpenAI-compatible server (llama-cpp-python's) serving it.
 
@@ -65,6 +64,9 @@ def llama_server_url(smollm2_gguf, tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# --- end backend fixtures ---
 
 
 # --- voice fixtures ---
@@ -231,4 +233,470 @@ def replay_engine():
     from server.replay import ReplayEngine
 
     return ReplayEngine()
+
+
+BROWSER_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+]
+
+
+@pytest.fixture
+async def chromium():
+    """``await open_page(url, wav=None, y4m=None) -> page``: headless Debian Chromium with the
+    WAV as its microphone (played once) and the y4m as its camera; closed at the end."""
+    import shutil
+
+    if shutil.which("chromium") is None and not __import__("os").path.exists("/usr/bin/chromium"):
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    from playwright.async_api import async_playwright
+
+    pw = await async_playwright().start()
+    browsers = []
+
+    async def open_page(url, wav=None, y4m=None, viewport=(1180, 760)):
+        args = list(BROWSER_FLAGS)
+        if wav:
+            args.append(f"--use-file-for-fake-audio-capture={wav}%noloop")
+        if y4m:
+            args.append(f"--use-file-for-fake-video-capture={y4m}")
+        browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=args)
+        browsers.append(browser)
+        page = await browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+        page.on("console", lambda m: print("[page]", m.type, m.text))
+        await page.goto(url)
+        await page.wait_for_function("window.seetalk && window.seetalk.ready === true")
+        return page
+
+    yield open_page
+    for browser in browsers:
+        await browser.close()
+    await pw.stop()
+
+
+@pytest.fixture(scope="session")
+def camera_y4m(tmp_path_factory):
+    """A 640x480, 15 fps y4m test pattern made with ffmpeg."""
+    import shutil
+    import subprocess
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed")
+    path = tmp_path_factory.mktemp("camera") / "camera.y4m"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc=size=640x480:rate=15", "-t", "2", "-pix_fmt", "yuv420p", str(path)],
+                   check=True)
+    return path
 # --- end server fixtures ---
+
+
+# --- realtime fixtures ---
+# A push-mode fake engine that follows docs/session-api.md (for the WebSocket glue without
+# models), and a seetalk server with the /v1/realtime route on a free loopback port.
+
+
+class RealtimeFakeAudioOut:
+    """Push playout like ``server.audio_out.AudioOutput.read``; ``clear`` drops it all."""
+
+    def __init__(self):
+        import asyncio
+        from collections import deque
+
+        self._queue = deque()
+        self._ready = asyncio.Event()
+        self.buffered_samples = 0
+
+    def write(self, chunk):
+        self._queue.append(chunk)
+        self.buffered_samples += len(chunk.samples)
+        self._ready.set()
+
+    async def read(self):
+        while not self._queue:
+            self._ready.clear()
+            await self._ready.wait()
+        chunk = self._queue.popleft()
+        self.buffered_samples -= len(chunk.samples)
+        return chunk
+
+    def clear(self):
+        self._queue.clear()
+        self.buffered_samples = 0
+
+
+class RealtimeFakeSession:
+    """Scripted behaviour: ``response.create`` (or a commit) speaks ``reply_chunks`` chunks
+    of 100 ms at 24 kHz, one word of transcript each; loud input (RMS > 3000) while it
+    speaks is a barge-in (speech_started, audio cleared, response.done cancelled). Every
+    client event and pushed audio is recorded."""
+
+    reply_chunks = 10
+
+    def __init__(self, settings):
+        import asyncio
+
+        from server import events
+
+        self.id = events.new_id("sess")
+        self.settings = settings
+        self.events = asyncio.Queue()
+        self.audio_out = RealtimeFakeAudioOut()
+        self.pushed = []  # (samples, rate, channels)
+        self.video = []
+        self.client_events = []
+        self.closed = False
+        self.last_activity = 0.0
+        self.buffered = 0
+        self.items = {}
+        self._reply = None  # (response_id, item_id, task)
+        self._tasks = set()
+
+    def emit(self, event):
+        self.events.put_nowait(event)
+
+    def describe(self):
+        turn = self.settings.turn
+        detection = (
+            None
+            if turn.mode == "none"
+            else {
+                "type": "server_vad",
+                "threshold": turn.vad_threshold,
+                "prefix_padding_ms": turn.prefix_padding_ms,
+                "silence_duration_ms": turn.silence_ms,
+                "create_response": True,
+                "interrupt_response": turn.interrupt,
+            }
+        )
+        return {
+            "type": "realtime",
+            "id": self.id,
+            "object": "realtime.session",
+            "model": "seetalk",
+            "instructions": self.settings.instructions,
+            "output_modalities": ["audio"],
+            "audio": {
+                "input": {
+                    "format": {"type": "audio/pcm", "rate": 24000},
+                    "turn_detection": detection,
+                },
+                "output": {
+                    "format": {"type": "audio/pcm", "rate": 24000},
+                    "voice": self.settings.voice,
+                },
+            },
+        }
+
+    async def start(self):
+        from server import events
+
+        self.emit(events.session_created(self.describe()))
+
+    async def aclose(self):
+        import asyncio
+
+        if self.closed:
+            return
+        self.closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def push_audio(self, samples, rate, channels=1):
+        import numpy as np
+
+        from server import events
+
+        self.pushed.append((samples, rate, channels))
+        self.buffered += len(samples)
+        rms = (
+            float(np.sqrt(np.mean(np.asarray(samples, dtype=np.float64) ** 2)))
+            if len(samples)
+            else 0
+        )
+        if rms > 3000 and self._reply is not None:
+            response_id, item_id, _task = self._reply
+            self.emit(events.speech_started(events.new_id("item"), 0))
+            self._cancel("turn_detected")
+
+    def push_video(self, frame, t):
+        self.video.append((frame.shape, t))
+
+    def _error(self, message, code, event, param=None):
+        from server import events
+
+        self.emit(
+            events.error(
+                {
+                    "type": "invalid_request_error",
+                    "code": code,
+                    "message": message,
+                    "param": param,
+                    "event_id": event.get("event_id"),
+                }
+            )
+        )
+
+    async def handle_client_event(self, event):
+        from seetalk.config import updated
+        from server import events
+
+        self.client_events.append(event)
+        kind = event["type"]
+        if kind == "session.update":
+            s = event["session"]
+            changes = {}
+            if "instructions" in s:
+                changes["instructions"] = s["instructions"]
+            td = s.get("audio", {}).get("input", {}).get("turn_detection", "unset")
+            if td is None:
+                changes["turn"] = {"mode": "none"}
+            elif td != "unset" and "silence_duration_ms" in td:
+                changes["turn"] = {"mode": "server_vad", "silence_ms": td["silence_duration_ms"]}
+            self.settings = updated(self.settings, changes)
+            self.emit(events.session_updated(self.describe()))
+        elif kind == "input_audio_buffer.commit":
+            if not self.buffered:
+                return self._error("buffer empty", "input_audio_buffer_commit_empty", event)
+            self.buffered = 0
+            item_id = events.new_id("item")
+            self.emit(events.input_committed(item_id, None))
+            self._start_reply()
+        elif kind == "input_audio_buffer.clear":
+            self.buffered = 0
+            self.emit(events.input_cleared())
+        elif kind == "conversation.item.create":
+            item = dict(event["item"], id=event["item"].get("id") or events.new_id("item"))
+            self.items[item["id"]] = item
+            self.emit(events.item_added(item, None))
+            self.emit(events.item_done(item, None))
+        elif kind == "response.create":
+            self._start_reply()
+        elif kind == "response.cancel":
+            self._cancel("client_cancelled")
+        elif kind == "conversation.item.truncate":
+            item = self.items.get(event["item_id"])
+            if item is None or item.get("role") != "assistant":
+                return self._error("no such item", "item_not_found", event, "item_id")
+            words = event["audio_end_ms"] // 100
+            heard = " ".join(f"word{i}" for i in range(words))
+            self.emit(events.item_truncated(event["item_id"], event["audio_end_ms"], heard))
+        elif kind == "conversation.item.delete":
+            if self.items.pop(event["item_id"], None) is None:
+                return self._error("no such item", "item_not_found", event, "item_id")
+            self.emit(events.item_deleted(event["item_id"]))
+        elif kind == "output_audio_buffer.clear":
+            self.audio_out.clear()
+        else:
+            self._error(f"unknown {kind}", "unknown_event_type", event, "type")
+
+    def _start_reply(self):
+        import asyncio
+
+        from server import events
+
+        response_id, item_id = events.new_id("resp"), events.new_id("item")
+        task = asyncio.get_running_loop().create_task(self._speak(response_id, item_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self._reply = (response_id, item_id, task)
+
+    async def _speak(self, response_id, item_id):
+        import asyncio
+
+        import numpy as np
+
+        from server import events
+        from server.audio_out import OutputChunk
+
+        item = events.assistant_item(item_id, "")
+        self.items[item_id] = item
+        self.emit(events.response_created(response_id))
+        self.emit(events.output_item_added(response_id, item))
+        self.emit(events.item_added(item, None))
+        t = np.arange(2400) / 24000
+        words = []
+        for i in range(self.reply_chunks):
+            samples = (8000 * np.sin(2 * np.pi * 300 * t + i)).astype(np.int16)
+            self.audio_out.write(OutputChunk(response_id, item_id, samples, i * 2400))
+            words.append(f"word{i}")
+            self.emit(events.audio_transcript_delta(response_id, item_id, f"word{i} "))
+            await asyncio.sleep(0.02)
+        text = " ".join(words)
+        done = events.assistant_item(item_id, text, status="completed")
+        self.items[item_id] = done
+        self.emit(events.audio_transcript_done(response_id, item_id, text))
+        self.emit(events.output_item_done(response_id, done))
+        self.emit(events.item_done(done, None))
+        self.emit(events.response_done(response_id, "completed", [done]))
+        self._reply = None
+
+    def _cancel(self, reason):
+        from server import events
+
+        if self._reply is None:
+            return
+        response_id, item_id, task = self._reply
+        self._reply = None
+        task.cancel()
+        self.audio_out.clear()
+        self.emit(events.output_audio_cleared(response_id))
+        self.emit(events.response_done(response_id, "cancelled", [], reason=reason))
+
+
+class RealtimeFakeEngine:
+    def __init__(self):
+        self.sessions = []
+
+    def new_session(self, settings=None, *, playout="paced"):
+        from seetalk.config import SessionSettings
+
+        assert playout == "push"
+        session = RealtimeFakeSession(settings or SessionSettings())
+        self.sessions.append(session)
+        return session
+
+
+@pytest.fixture
+def realtime_fake_engine():
+    return RealtimeFakeEngine()
+
+
+class _RealtimeServer:
+    def __init__(self, app, port):
+        self.app = app
+        self.state = app.state.seetalk
+        self.port = port
+        self.http = f"http://127.0.0.1:{port}"
+        self.ws = f"ws://127.0.0.1:{port}/v1"  # websocket_base_url of the openai package
+
+
+@pytest.fixture
+async def realtime_server():
+    """``await start(engine, server_cfg=None, **route_kwargs)``: create_app + /v1/realtime on
+    uvicorn at a free port (websockets engine, as ``serve`` runs it); all stopped at the end."""
+    import asyncio
+    import dataclasses
+    import socket
+
+    import uvicorn
+
+    from seetalk.config import ServerConfig
+    from server.app import create_app
+    from server.realtime_ws import PATH, add_realtime_routes
+
+    running = []
+
+    async def start(engine, server_cfg=None, **route_kwargs):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        cfg = dataclasses.replace(server_cfg or ServerConfig(), port=port)
+        import inspect
+
+        if "realtime_ws" in inspect.signature(create_app).parameters:
+            app = create_app(engine, cfg, realtime_ws=not route_kwargs)
+        else:
+            app = create_app(engine, cfg)
+        if not any(getattr(r, "path", None) == PATH for r in app.routes):
+            add_realtime_routes(app, **route_kwargs)
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, ws="websockets", log_level="warning", lifespan="on"
+        )
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve())
+        running.append((server, task))
+        for _ in range(250):
+            if server.started:
+                break
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.02)
+        return _RealtimeServer(app, port)
+
+    yield start
+    for server, _task in running:
+        server.should_exit = True
+    for _server, task in running:
+        await asyncio.wait_for(task, 20)
+# --- end realtime fixtures ---
+
+
+# --- engine fixtures ---
+# One engine on the embedded default models for the whole run, and a helper that lays
+# spoken phrases on a timeline (float32, 16 kHz) for file-driven sessions.
+
+
+@pytest.fixture(scope="session")
+def engine():
+    from server.engine import Engine
+
+    eng = Engine.load()
+    yield eng
+    for ex in (eng.asr_executor, eng.tts_executor, eng.vad_executor, eng.vision_executor):
+        ex.shutdown(wait=False, cancel_futures=True)
+
+
+@pytest.fixture(scope="session")
+def timeline(espeak_session):
+    """``timeline([(start_s, text), ...], total_s) -> float32 mono 16 kHz`` of espeak speech."""
+    import numpy as np
+
+    def make(phrases, total_s):
+        audio = np.zeros(int(total_s * 16_000), dtype=np.float32)
+        for start, text in phrases:
+            speech = espeak_session(text)
+            i = int(start * 16_000)
+            audio[i : i + speech.size] += speech[: max(0, audio.size - i)]
+        return audio
+
+    return make
+
+
+# --- vision fixtures ---
+# Images nobody here drew (scikit-image's photos) and signs rendered with opencv, as BGR.
+
+
+@pytest.fixture(scope="session")
+def coffee_bgr():
+    """scikit-image's coffee photo: a red cup on a saucer on a wooden table (400x600)."""
+    import cv2
+    from skimage import data
+
+    return cv2.cvtColor(data.coffee(), cv2.COLOR_RGB2BGR)
+
+
+@pytest.fixture(scope="session")
+def render_sign():
+    """``render_sign(text, size=(640, 480), bg=(235, 235, 235), fg=(20, 20, 20)) -> BGR``:
+    ``text`` in large letters, centred on a plain background."""
+    import cv2
+    import numpy as np
+
+    def make(text, size=(640, 480), bg=(235, 235, 235), fg=(20, 20, 20)):
+        w, h = size
+        img = np.full((h, w, 3), bg, np.uint8)
+        font = cv2.FONT_HERSHEY_SIMPLEX
+        scale = 4.0
+        while scale > 0.5 and cv2.getTextSize(text, font, scale, 6)[0][0] > 0.8 * w:
+            scale -= 0.25
+        (tw, th), _ = cv2.getTextSize(text, font, scale, 6)
+        cv2.putText(img, text, ((w - tw) // 2, (h + th) // 2), font, scale, fg, 6, cv2.LINE_AA)
+        return img
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def scene_describer():
+    from vision.scene import SceneDescriber
+
+    describer = SceneDescriber()
+    describer.warmup()
+    return describer
+
+
+# --- end vision fixtures ---

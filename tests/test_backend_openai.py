@@ -250,6 +250,42 @@ async def test_stall_between_tokens_times_out() -> None:
         await backend.aclose()
 
 
+async def test_stream_that_breaks_off_is_an_error() -> None:
+    async def handler(req: Request, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(SSE_HEAD + sse({"choices": [{"index": 0, "delta": {"role": "assistant"}}]}))
+        if req.body["max_tokens"] == 2:
+            w.write(delta("Half"))
+        await w.drain()  # then the connection closes without [DONE]
+
+    async with fake_server(handler) as srv:
+        backend = OpenAIChatBackend(srv.url, timeout_s=5)
+        with pytest.raises(ImagesRejected, match="without an answer"):
+            await collect(backend, WITH_IMAGES, max_tokens=1)
+        with pytest.raises(BackendError, match="before the reply was complete") as info:
+            await collect(backend, WITH_IMAGES, max_tokens=2)
+        assert not isinstance(info.value, ImagesRejected)
+        with pytest.raises(BackendError, match="before the reply was complete"):
+            await collect(backend, FRANCE, max_tokens=1)
+        await backend.aclose()
+
+
+async def test_finish_reason_without_done_and_whole_json_answers_are_accepted() -> None:
+    async def handler(req: Request, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        if req.body["max_tokens"] == 1:
+            end = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            w.write(SSE_HEAD + delta("Paris.") + sse(end))
+        else:  # a server that ignores "stream": true
+            answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi."}}]}
+            w.write(http_response(200, answer))
+        await w.drain()
+
+    async with fake_server(handler) as srv:
+        backend = OpenAIChatBackend(srv.url, timeout_s=5)
+        assert await collect(backend, FRANCE, max_tokens=1) == ["Paris."]
+        assert await collect(backend, FRANCE, max_tokens=2) == ["Hi."]
+        await backend.aclose()
+
+
 # --- cancellation closes the response ----------------------------------------------------------
 
 
@@ -324,14 +360,13 @@ async def test_real_llama_server_streams(llama_server_url: str) -> None:
 
 
 @pytest.mark.models
-async def test_real_llama_server_cancel_then_next_request(llama_server_url: str) -> None:
+async def test_real_llama_server_with_a_text_only_model_rejects_images(
+    llama_server_url: str,
+) -> None:
+    # llama.cpp's server answers 200, then its chat template fails on the image parts.
     backend = OpenAIChatBackend(llama_server_url, timeout_s=30)
-    ramble = [ChatMessage("user", "Count from 1 to 1000, one number per line.")]
-    gen = backend.stream(ramble, GenerationSettings(max_tokens=1000))
-    assert await anext(gen)
-    await gen.aclose()
-    t0 = time.perf_counter()
+    with pytest.raises(ImagesRejected):
+        await collect(backend, WITH_IMAGES, max_tokens=10)
+    # and the text-only retry works
     assert await collect(backend, FRANCE, max_tokens=10)
-    # Had the server gone on with 1000 tokens first, this would take several seconds.
-    assert time.perf_counter() - t0 < 3.0
     await backend.aclose()

@@ -40,8 +40,9 @@ async def test_conversation_media_both_ways(seetalk_server, replay_engine, webrt
         client.mic.say(burst(0.6))
         started = await client.wait_for("input_audio_buffer.speech_started", 5)
         await client.wait_for("conversation.item.input_audio_transcription.completed", 5)
-        await client.wait_for("response.done", 10, where=lambda e: e["response"]["status"] ==
-                              "completed")
+        await client.wait_for(
+            "response.done", 10, where=lambda e: e["response"]["status"] == "completed"
+        )
         # the reply was audible at the client, after the end of its speech
         loud = client.recorder.first_loud_after(started["_t"])
         assert loud is not None
@@ -74,12 +75,19 @@ async def test_barge_in_stops_audio_as_heard(seetalk_server, webrtc_client_modul
         await wait_until(lambda: client.recorder.level_now() > 1000, 5)
         await asyncio.sleep(0.5)
         client.mic.say(burst(0.5, seed=1))
-        await wait_until(lambda: client.mic.speech_started_at is not None and
-                         client.recorder.silent_from(client.mic.speech_started_at) is not None, 5)
-        stop_ms = 1000 * (client.recorder.silent_from(client.mic.speech_started_at)
-                          - client.mic.speech_started_at)
-        done = await client.wait_for("response.done", 5,
-                                     where=lambda e: e["response"]["status"] == "cancelled")
+        await wait_until(
+            lambda: (
+                client.mic.speech_started_at is not None
+                and client.recorder.silent_from(client.mic.speech_started_at) is not None
+            ),
+            5,
+        )
+        stop_ms = 1000 * (
+            client.recorder.silent_from(client.mic.speech_started_at) - client.mic.speech_started_at
+        )
+        done = await client.wait_for(
+            "response.done", 5, where=lambda e: e["response"]["status"] == "cancelled"
+        )
         truncated = await client.wait_for("conversation.item.truncated", 5)
         await client.wait_for("seetalk.barge_in", 5)
         assert done["response"]["status_details"]["reason"] == "turn_detected"
@@ -126,8 +134,9 @@ async def test_client_events_and_typed_errors(seetalk_server, replay_engine, web
     assert 'seetalk_responses_total{status="cancelled"} 1' in metrics
 
 
-async def test_idle_and_media_timeouts_end_sessions(seetalk_server, replay_engine,
-                                                    webrtc_client_module):
+async def test_idle_and_media_timeouts_end_sessions(
+    seetalk_server, replay_engine, webrtc_client_module
+):
     cfg = ServerConfig(idle_timeout_s=1.0)
     srv = await seetalk_server(replay_engine, cfg)
     client = webrtc_client_module.Client(srv.url)
@@ -157,8 +166,9 @@ async def test_vanished_peer_is_freed(seetalk_server, replay_engine, webrtc_clie
         await client.close()
 
 
-async def test_many_sessions_leave_nothing_behind(seetalk_server, replay_engine,
-                                                  webrtc_client_module):
+async def test_many_sessions_leave_nothing_behind(
+    seetalk_server, replay_engine, webrtc_client_module
+):
     srv = await seetalk_server(replay_engine, ServerConfig(max_sessions=3))
     before = {t for t in asyncio.all_tasks()}
     for _round in range(2):

@@ -20,7 +20,7 @@ import asyncio
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -169,13 +169,14 @@ class LlamaCppBackend:
 
     async def stream(
         self, messages: Sequence[ChatMessage], settings: GenerationSettings
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """Stream the reply as text deltas.
 
-        Raises :class:`ImagesRejected`, before anything runs, when a message has images and no projector is
-        loaded, :class:`ModelNotFound` when the file is missing, :class:`BackendError` when
-        llama.cpp fails (prompt longer than the context, bad file). Cancelling is safe: the
-        generation thread stops at the next token and ``CancelledError`` propagates.
+        Raises :class:`ImagesRejected`, before anything runs, when a message has images and
+        no projector is loaded; :class:`ModelNotFound` when the file is missing;
+        :class:`BackendError` when llama.cpp fails (prompt longer than the context, bad
+        file). Cancelling is safe: the generation thread stops at the next token and
+        ``CancelledError`` propagates.
         """
         if self._closed:
             raise BackendError(f"{self.name} is closed")

@@ -7,14 +7,19 @@ Plain ``httpx`` with server-sent events, so that every failure maps onto one see
   -> :class:`BackendTimeout`;
 - a 4xx on a request with images that mentions images (or any 400 on one)
   -> :class:`ImagesRejected` (the caller drops the images and retries text-only);
-- any other HTTP error -> :class:`BackendError` with the status and the server's message.
+- any other HTTP error -> :class:`BackendError` with the status and the server's message;
+- a stream that ends without ``[DONE]`` or a ``finish_reason`` -> :class:`BackendError`, or
+  :class:`ImagesRejected` when it carried images and no text came (a server that fails on
+  image parts after answering 200, as llama.cpp's server does with a text-only model);
+  the same for a connection broken off before any text of a request with images.
+  (If the server is really gone, the text-only retry then reports it.)
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from contextlib import aclosing
+from contextlib import AsyncExitStack, aclosing
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -64,6 +69,11 @@ def _delta_text(obj: dict[str, Any]) -> str | None:
     return content if isinstance(content, str) else None
 
 
+def _finish_reason(obj: dict[str, Any]) -> Any:
+    choices = obj.get("choices") or [{}]
+    return choices[0].get("finish_reason") if isinstance(choices[0], dict) else None
+
+
 class OpenAIChatBackend:
     """Chat completions, streamed, from an OpenAI-compatible server.
 
@@ -109,7 +119,7 @@ class OpenAIChatBackend:
 
     async def stream(
         self, messages: Sequence[ChatMessage], settings: GenerationSettings
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """Stream the reply as text deltas.
 
         Cancelling is safe: closing the generator or cancelling the task that iterates it
@@ -127,8 +137,10 @@ class OpenAIChatBackend:
             body["stop"] = list(settings.stop)
         images = has_images(messages)
         url = f"{self.base_url}/chat/completions"
+        answered = False
         try:
-            async with self._http().stream("POST", url, json=body) as resp:
+            async with AsyncExitStack() as stack:
+                resp = await self._open(stack, url, body)
                 if resp.status_code >= 400:
                     raise self._http_error(resp.status_code, await resp.aread(), images)
                 if "text/event-stream" not in resp.headers.get("content-type", ""):
@@ -137,13 +149,29 @@ class OpenAIChatBackend:
                     if text:
                         yield text
                     return
+                finished = False
                 async with aclosing(_sse_data(resp.aiter_lines())) as events:
                     async for data in events:
                         if data == "[DONE]":
                             return
-                        text = _delta_text(self._parse(data.encode(), images))
+                        chunk = self._parse(data.encode(), images)
+                        finished = finished or _finish_reason(chunk) is not None
+                        text = _delta_text(chunk)
                         if text:
+                            answered = True
                             yield text
+                if not finished:
+                    # The server failed after sending its 200 header. llama.cpp's server does
+                    # that when a text-only model's chat template meets image content parts.
+                    if images and not answered:
+                        raise ImagesRejected(
+                            f"{self.name} ended the stream without an answer to a request "
+                            "with images (a text-only model?)"
+                        )
+                    raise BackendError(
+                        f"model server at {self.base_url} ended the stream before the reply "
+                        "was complete"
+                    )
         except httpx.TimeoutException as exc:
             raise BackendTimeout(
                 f"model server at {self.base_url} did not answer within {self.timeout_s:g} s"
@@ -152,9 +180,23 @@ class OpenAIChatBackend:
         except httpx.ConnectError as exc:
             raise BackendError(f"model server at {self.base_url} is unreachable: {exc}") from exc
         except httpx.HTTPError as exc:
+            if images and not answered:
+                raise ImagesRejected(
+                    f"{self.name} broke off a request with images before answering "
+                    f"(a text-only model?): {exc!r}"
+                ) from exc
             raise BackendError(
                 f"model server at {self.base_url} broke off the reply: {exc!r}"
             ) from exc
+
+    async def _open(self, stack: AsyncExitStack, url: str, body: dict[str, Any]) -> httpx.Response:
+        """POST and wait for the response head. A pooled keep-alive connection that the server
+        closed meanwhile fails before any answer; that is retried once on a fresh one."""
+        client = self._http()
+        try:
+            return await stack.enter_async_context(client.stream("POST", url, json=body))
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+            return await stack.enter_async_context(client.stream("POST", url, json=body))
 
     def _parse(self, raw: bytes, images: bool) -> dict[str, Any]:
         try:

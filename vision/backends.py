@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
+from seetalk.errors import ConfigError
+
 if TYPE_CHECKING:
     from seetalk.config import ModelConfig
 
@@ -50,7 +52,8 @@ class GenerationSettings:
     """Per-call sampling settings.
 
     The defaults suit the tiny embedded SmolLM2 (135M), which rambles when left alone: a low
-    temperature and a short answer (about two spoken sentences).
+    temperature and a short answer (about two spoken sentences). Out-of-range values raise
+    :class:`~seetalk.errors.ConfigError`.
     """
 
     max_tokens: int = 120
@@ -59,9 +62,9 @@ class GenerationSettings:
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
-            raise ValueError("max_tokens must be at least 1")
-        if self.temperature < 0:
-            raise ValueError("temperature must not be negative")
+            raise ConfigError("max_tokens must be at least 1", param="max_output_tokens")
+        if not 0 <= self.temperature <= 2:
+            raise ConfigError("temperature must be between 0 and 2", param="temperature")
 
 
 @runtime_checkable

@@ -54,6 +54,9 @@ def split_windows(
     return out
 
 
+MIN_LOGPROB = -1.0  # segments less confident than this are dropped as noise
+
+
 class Transcriber:
     """Whisper on the CPU. The model loads lazily on first use and is cached; thread-safe
     (CTranslate2 serialises calls on one model). Every method is synchronous: run it in an
@@ -109,7 +112,11 @@ class Transcriber:
             without_timestamps=True,
             initial_prompt=prompt or None,
         )
-        return " ".join(s.text.strip() for s in segments if s.text.strip())
+        # Whisper turns murmurs, breath and noise into words with low confidence ("Hmm" came
+        # back as "them" at -1.2); its own decoder treats below -1.0 as a failed decode.
+        return " ".join(
+            s.text.strip() for s in segments if s.text.strip() and s.avg_logprob >= MIN_LOGPROB
+        )
 
     @staticmethod
     def _check(audio16k: np.ndarray) -> np.ndarray:
@@ -390,7 +397,10 @@ class StreamingRecognizer:
                 self.stats.partials += 1
                 self.stats.last_partial_lag_s = asyncio.get_running_loop().time() - job.audio_t
                 if self.on_partial is not None:
-                    self.on_partial(fut.result())
+                    try:
+                        self.on_partial(fut.result())
+                    except Exception:
+                        log.exception("on_partial callback failed")
         elif not fut.cancelled() and fut.exception() is not None:  # marks it retrieved
             log.debug("final transcription failed: %s", fut.exception())
         if self._want_spec and self._active and self._paused:
