@@ -28,8 +28,14 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def _model_cfg(a: argparse.Namespace) -> ModelConfig:
     return model_config_from_env(
-        vad=a.vad, asr=a.asr, voice=a.voice, llm=a.llm, mmproj=a.mmproj,
-        llm_base_url=a.llm_base_url, llm_model=a.llm_model, llm_api_key=a.llm_api_key,
+        vad=a.vad,
+        asr=a.asr,
+        voice=a.voice,
+        llm=a.llm,
+        mmproj=a.mmproj,
+        llm_base_url=a.llm_base_url,
+        llm_model=a.llm_model,
+        llm_api_key=a.llm_api_key,
     )
 
 
@@ -44,8 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--api-key", help="require this key as a Bearer token (env SEETALK_API_KEY)")
     s.add_argument("--max-sessions", type=int, default=8)
     s.add_argument("--idle-timeout", type=float, default=300.0, help="seconds")
-    s.add_argument("--ice-server", action="append", default=[],
-                   help="STUN/TURN URL, optionally 'turn:host:3478|user|credential' (repeatable)")
+    s.add_argument(
+        "--ice-server",
+        action="append",
+        default=[],
+        help="STUN/TURN URL, optionally 'turn:host:3478|user|credential' (repeatable)",
+    )
     s.add_argument("--certfile", help="TLS certificate (browsers need HTTPS off localhost)")
     s.add_argument("--keyfile", help="TLS private key")
     _model_args(s)
@@ -54,8 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("input", help="any audio file")
     r.add_argument("--out", help="write the assistant's audio here (WAV, same timeline)")
     r.add_argument("--events", help="write the events here, one JSON object per line")
-    r.add_argument("--fast", action="store_true",
-                   help="virtual clock: faster than real time; model compute takes no time")
+    r.add_argument(
+        "--fast",
+        action="store_true",
+        help="virtual clock: faster than real time; model compute takes no time",
+    )
     r.add_argument("--camera", help="an image (a still camera) or a video file as the camera")
     r.add_argument("--silence-ms", type=int, help="endpointing silence")
     _model_args(r)
@@ -72,8 +85,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         return _dispatch(args)
     except SeetalkError as exc:
@@ -128,8 +143,15 @@ def _run_file(args: argparse.Namespace, cfg: ModelConfig) -> int:
 
     async def go() -> None:
         try:
-            run = await run_file(engine, args.input, args.out, args.events, fast=args.fast,
-                                 settings=settings, camera=camera)
+            run = await run_file(
+                engine,
+                args.input,
+                args.out,
+                args.events,
+                fast=args.fast,
+                settings=settings,
+                camera=camera,
+            )
         finally:
             await engine.aclose()
         for item in run.history:
@@ -153,10 +175,14 @@ def _serve(args: argparse.Namespace, cfg: ModelConfig) -> int:
             entry["username"], entry["credential"] = cred
         ice.append(entry)
     server_cfg = ServerConfig(
-        host=args.host, port=args.port,
+        host=args.host,
+        port=args.port,
         api_key=args.api_key or os.environ.get("SEETALK_API_KEY") or None,
-        max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout,
-        ice_servers=tuple(ice), certfile=args.certfile, keyfile=args.keyfile,
+        max_sessions=args.max_sessions,
+        idle_timeout_s=args.idle_timeout,
+        ice_servers=tuple(ice),
+        certfile=args.certfile,
+        keyfile=args.keyfile,
     )
     if bool(server_cfg.certfile) != bool(server_cfg.keyfile):
         print("seetalk: --certfile and --keyfile go together", file=sys.stderr)

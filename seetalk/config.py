@@ -71,8 +71,13 @@ class TurnSettings:
     def __post_init__(self) -> None:
         if not 0.0 < self.vad_threshold < 1.0:
             raise ConfigError("vad_threshold must be between 0 and 1", param="vad_threshold")
-        for name in ("silence_ms", "prefix_padding_ms", "min_speech_ms", "min_silence_ms",
-                     "false_interruption_timeout_ms"):
+        for name in (
+            "silence_ms",
+            "prefix_padding_ms",
+            "min_speech_ms",
+            "min_silence_ms",
+            "false_interruption_timeout_ms",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 10_000:
                 raise ConfigError(f"{name} must be an integer from 0 to 10000", param=name)
@@ -135,8 +140,10 @@ def updated(obj: Any, changes: dict[str, Any], *, path: str = "") -> Any:
         expected = type(current) if current is not None else None
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if expected is not None and not isinstance(value, expected) or (
-            expected is int and isinstance(value, bool)
+        if (
+            expected is not None
+            and not isinstance(value, expected)
+            or (expected is int and isinstance(value, bool))
         ):
             raise ConfigError(f"{name} must be of type {expected.__name__}", param=name)
         new[key] = value
@@ -159,6 +166,8 @@ def model_config_from_env(**overrides: Any) -> ModelConfig:
     for f in dataclasses.fields(ModelConfig):
         raw = _env(f.name.upper())
         if raw is not None:
-            values[f.name] = float(raw) if f.type == "float" else int(raw) if f.type == "int" else raw
+            values[f.name] = (
+                float(raw) if f.type == "float" else int(raw) if f.type == "int" else raw
+            )
     values.update({k: v for k, v in overrides.items() if v is not None})
     return ModelConfig(**values)

@@ -33,8 +33,9 @@ PlayoutCallback = Callable[[Reply, str], None]  # (reply, "started" | "finished"
 
 
 class AudioOutput:
-    def __init__(self, rate: int, *, high_water_s: float = 0.6,
-                 on_playout: PlayoutCallback | None = None) -> None:
+    def __init__(
+        self, rate: int, *, high_water_s: float = 0.6, on_playout: PlayoutCallback | None = None
+    ) -> None:
         self.rate = rate
         self.high_water = int(rate * high_water_s)
         self._queue: deque[tuple[Reply, np.ndarray]] = deque()
@@ -75,7 +76,7 @@ class AudioOutput:
         while filled < n and self._queue:
             reply, samples = self._queue[0]
             take = min(n - filled, len(samples))
-            out[filled:filled + take] = samples[:take]
+            out[filled : filled + take] = samples[:take]
             filled += take
             self._advance(reply, take)
             if take == len(samples):

@@ -58,7 +58,9 @@ class Conversation:
         self.items = [i for i in self.items if i.id != item_id]
         return len(self.items) != before
 
-    def messages(self, instructions: str, turns: int, *, with_images: bool = True) -> list[ChatMessage]:
+    def messages(
+        self, instructions: str, turns: int, *, with_images: bool = True
+    ) -> list[ChatMessage]:
         """The chat the model sees: the instructions, then the last ``turns`` items. Images
         go only with the newest user message that has them (older frames cost context)."""
         recent = [i for i in self.items if i.text.strip() or i.images][-turns:]

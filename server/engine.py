@@ -32,13 +32,19 @@ class Engine:
     vision: Any = None  # vision.scene notes / frame selection, when loaded
     load_times: dict[str, float] = field(default_factory=dict)
     asr_executor: concurrent.futures.ThreadPoolExecutor = field(
-        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="asr"))
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="asr")
+    )
     tts_executor: concurrent.futures.ThreadPoolExecutor = field(
-        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tts"))
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tts")
+    )
     vad_executor: concurrent.futures.ThreadPoolExecutor = field(
-        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vad"))
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vad")
+    )
     vision_executor: concurrent.futures.ThreadPoolExecutor = field(
-        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vision"))
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="vision"
+        )
+    )
 
     @classmethod
     def load(cls, cfg: ModelConfig | None = None, *, warm: bool = True) -> Engine:
@@ -73,12 +79,19 @@ class Engine:
             self.load_times[name] = round(time.perf_counter() - t0, 3)
         log.info("models loaded: %s", self.load_times)
 
-    def new_session(self, settings: SessionSettings | None = None, *, playout: str = "paced",
-                    clock: Clock | None = None, session_id: str | None = None):  # type: ignore[no-untyped-def]
+    def new_session(
+        self,
+        settings: SessionSettings | None = None,
+        *,
+        playout: str = "paced",
+        clock: Clock | None = None,
+        session_id: str | None = None,
+    ):  # type: ignore[no-untyped-def]
         from server.session import Session
 
-        return Session(self, settings or SessionSettings(), playout=playout, clock=clock,
-                       session_id=session_id)
+        return Session(
+            self, settings or SessionSettings(), playout=playout, clock=clock, session_id=session_id
+        )
 
     async def aclose(self) -> None:
         await self.backend.aclose()

@@ -46,7 +46,9 @@ def error(err: dict[str, Any]) -> Event:
 
 
 def speech_started(item_id: str, audio_start_ms: int) -> Event:
-    return _event("input_audio_buffer.speech_started", item_id=item_id, audio_start_ms=audio_start_ms)
+    return _event(
+        "input_audio_buffer.speech_started", item_id=item_id, audio_start_ms=audio_start_ms
+    )
 
 
 def speech_stopped(item_id: str, audio_end_ms: int) -> Event:
@@ -54,7 +56,9 @@ def speech_stopped(item_id: str, audio_end_ms: int) -> Event:
 
 
 def input_committed(item_id: str, previous_item_id: str | None) -> Event:
-    return _event("input_audio_buffer.committed", item_id=item_id, previous_item_id=previous_item_id)
+    return _event(
+        "input_audio_buffer.committed", item_id=item_id, previous_item_id=previous_item_id
+    )
 
 
 def input_cleared() -> Event:
@@ -95,27 +99,49 @@ def transcription_failed(item_id: str, err: dict[str, Any]) -> Event:
 # --- conversation items ----------------------------------------------------------------------
 
 
-def user_item(item_id: str, *, transcript: str | None = None, text: str | None = None,
-              status: str = "completed", images: int = 0) -> dict[str, Any]:
+def user_item(
+    item_id: str,
+    *,
+    transcript: str | None = None,
+    text: str | None = None,
+    status: str = "completed",
+    images: int = 0,
+) -> dict[str, Any]:
     content: list[dict[str, Any]] = []
     if text is not None:
         content.append({"type": "input_text", "text": text})
     else:
         content.append({"type": "input_audio", "transcript": transcript})
     content.extend({"type": "input_image"} for _ in range(images))
-    return {"id": item_id, "object": "realtime.item", "type": "message", "role": "user",
-            "status": status, "content": content}
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "message",
+        "role": "user",
+        "status": status,
+        "content": content,
+    }
 
 
-def assistant_item(item_id: str, transcript: str | None, status: str = "in_progress",
-                   modality: str = "output_audio") -> dict[str, Any]:
+def assistant_item(
+    item_id: str,
+    transcript: str | None,
+    status: str = "in_progress",
+    modality: str = "output_audio",
+) -> dict[str, Any]:
     part: dict[str, Any] = {"type": modality}
     if modality == "output_audio":
         part["transcript"] = transcript
     else:
         part["text"] = transcript
-    return {"id": item_id, "object": "realtime.item", "type": "message", "role": "assistant",
-            "status": status, "content": [part] if transcript is not None else []}
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "message",
+        "role": "assistant",
+        "status": status,
+        "content": [part] if transcript is not None else [],
+    }
 
 
 def item_added(item: dict[str, Any], previous_item_id: str | None) -> Event:
@@ -144,8 +170,13 @@ def item_deleted(item_id: str) -> Event:
 # --- responses -------------------------------------------------------------------------------
 
 
-def response_object(response_id: str, status: str, output: list[dict[str, Any]],
-                    reason: str | None = None, err: dict[str, Any] | None = None) -> dict[str, Any]:
+def response_object(
+    response_id: str,
+    status: str,
+    output: list[dict[str, Any]],
+    reason: str | None = None,
+    err: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     resp: dict[str, Any] = {
         "id": response_id,
         "object": "realtime.response",
@@ -176,27 +207,43 @@ def output_item_done(response_id: str, item: dict[str, Any]) -> Event:
 
 
 def content_part_added(response_id: str, item_id: str) -> Event:
-    return _event("response.content_part.added", response_id=response_id, item_id=item_id,
-                  output_index=0, content_index=0, part={"type": "audio", "transcript": ""})
+    return _event(
+        "response.content_part.added",
+        response_id=response_id,
+        item_id=item_id,
+        output_index=0,
+        content_index=0,
+        part={"type": "audio", "transcript": ""},
+    )
 
 
 def content_part_done(response_id: str, item_id: str, transcript: str) -> Event:
-    return _event("response.content_part.done", response_id=response_id, item_id=item_id,
-                  output_index=0, content_index=0, part={"type": "audio", "transcript": transcript})
+    return _event(
+        "response.content_part.done",
+        response_id=response_id,
+        item_id=item_id,
+        output_index=0,
+        content_index=0,
+        part={"type": "audio", "transcript": transcript},
+    )
 
 
 def _response_part(type_: str, response_id: str, item_id: str, **fields: Any) -> Event:
-    return _event(type_, response_id=response_id, item_id=item_id, output_index=0,
-                  content_index=0, **fields)
+    return _event(
+        type_, response_id=response_id, item_id=item_id, output_index=0, content_index=0, **fields
+    )
 
 
 def audio_transcript_delta(response_id: str, item_id: str, delta: str) -> Event:
-    return _response_part("response.output_audio_transcript.delta", response_id, item_id, delta=delta)
+    return _response_part(
+        "response.output_audio_transcript.delta", response_id, item_id, delta=delta
+    )
 
 
 def audio_transcript_done(response_id: str, item_id: str, transcript: str) -> Event:
-    return _response_part("response.output_audio_transcript.done", response_id, item_id,
-                          transcript=transcript)
+    return _response_part(
+        "response.output_audio_transcript.done", response_id, item_id, transcript=transcript
+    )
 
 
 def audio_delta(response_id: str, item_id: str, b64: str) -> Event:
@@ -207,9 +254,16 @@ def audio_done(response_id: str, item_id: str) -> Event:
     return _response_part("response.output_audio.done", response_id, item_id)
 
 
-def response_done(response_id: str, status: str, output: list[dict[str, Any]],
-                  reason: str | None = None, err: dict[str, Any] | None = None) -> Event:
-    return _event("response.done", response=response_object(response_id, status, output, reason, err))
+def response_done(
+    response_id: str,
+    status: str,
+    output: list[dict[str, Any]],
+    reason: str | None = None,
+    err: dict[str, Any] | None = None,
+) -> Event:
+    return _event(
+        "response.done", response=response_object(response_id, status, output, reason, err)
+    )
 
 
 def output_audio_started(response_id: str) -> Event:
@@ -245,13 +299,16 @@ def reply_resumed(response_id: str, audio_end_ms: int) -> Event:
 def barge_in(response_id: str, onset_ms: int, stopped_ms: int) -> Event:
     """Speech onset at ``onset_ms`` (input timeline) stopped the reply's audio at ``stopped_ms``
     (output timeline, the same clock for file sessions)."""
-    return _event("seetalk.barge_in", response_id=response_id, onset_ms=onset_ms, stopped_ms=stopped_ms)
+    return _event(
+        "seetalk.barge_in", response_id=response_id, onset_ms=onset_ms, stopped_ms=stopped_ms
+    )
 
 
 def frames_selected(item_id: str, frames: list[dict[str, Any]], reason: str | None = None) -> Event:
     """What the model saw for a user turn: each frame's time, size, sharpness and why chosen."""
-    return _event("seetalk.frames.selected", item_id=item_id, count=len(frames), frames=frames,
-                  reason=reason)
+    return _event(
+        "seetalk.frames.selected", item_id=item_id, count=len(frames), frames=frames, reason=reason
+    )
 
 
 def images_dropped(item_id: str, reason: str) -> Event:

@@ -42,16 +42,25 @@ class FileRun:
         return [e for e in self.events if e["type"] == type_]
 
 
-async def run_session(engine: Engine, audio: np.ndarray, rate: int, *, fast: bool = False,
-                      settings: SessionSettings | None = None, camera: Any = None) -> FileRun:
-    """Play ``audio`` (float32 mono) into a new session and collect what comes out."""
+async def run_session(
+    engine: Engine,
+    audio: np.ndarray,
+    rate: int,
+    *,
+    fast: bool = False,
+    settings: SessionSettings | None = None,
+    camera: Any = None,
+    max_tail_s: float = MAX_TAIL_S,
+) -> FileRun:
+    """Play ``audio`` (float32 mono) into a new session and collect what comes out; after
+    the input ends, go on until the session is quiet, for at most ``max_tail_s``."""
     settings = settings or SessionSettings()
     clock = VirtualClock() if fast else MonotonicClock()
     session = engine.new_session(settings, clock=clock)
     out_rate = settings.output_rate
     n_in, n_out = round(rate * STEP_S), round(out_rate * STEP_S)
     steps_in = -(-audio.size // n_in)
-    max_steps = steps_in + int(MAX_TAIL_S / STEP_S)
+    max_steps = steps_in + int(max_tail_s / STEP_S)
     out: list[np.ndarray] = []
     run = FileRun(np.zeros(0, np.int16), out_rate)
     loop = asyncio.get_running_loop()
@@ -65,7 +74,7 @@ async def run_session(engine: Engine, audio: np.ndarray, rate: int, *, fast: boo
                 clock.set(t)
             if camera is not None:
                 camera.feed(session, t)
-            chunk = audio[k * n_in:(k + 1) * n_in]
+            chunk = audio[k * n_in : (k + 1) * n_in]
             if chunk.size < n_in:
                 chunk = np.concatenate([chunk, np.zeros(n_in - chunk.size, np.float32)])
             await session.feed_audio(chunk, rate, 1)
@@ -97,16 +106,22 @@ def _drain(session: Any, events: list[dict[str, Any]], t_ms: int) -> None:
         events.append(event)
 
 
-async def run_file(engine: Engine, input_path: str | Path, out_path: str | Path | None,
-                   events_path: str | Path | None, *, fast: bool = False,
-                   settings: SessionSettings | None = None, camera: Any = None) -> FileRun:
+async def run_file(
+    engine: Engine,
+    input_path: str | Path,
+    out_path: str | Path | None,
+    events_path: str | Path | None,
+    *,
+    fast: bool = False,
+    settings: SessionSettings | None = None,
+    camera: Any = None,
+) -> FileRun:
     """``seetalk run-file``: read any audio file, run it, write the reply WAV and events."""
     audio, rate = load_audio_file(input_path)
     run = await run_session(engine, audio, rate, fast=fast, settings=settings, camera=camera)
     if out_path is not None:
-        write_wav(out_path, run.audio, run.rate)
+        await asyncio.to_thread(write_wav, out_path, run.audio, run.rate)
     if events_path is not None:
-        with open(events_path, "w", encoding="utf-8") as f:
-            for event in run.events:
-                f.write(json.dumps(event) + "\n")
+        lines = "".join(json.dumps(event) + "\n" for event in run.events)
+        await asyncio.to_thread(Path(events_path).write_text, lines, encoding="utf-8")
     return run

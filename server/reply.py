@@ -138,7 +138,7 @@ class Reply:
         out = []
         for seg in self.segments:
             if seg.end > self.played:
-                out.append(seg.audio[max(0, self.played - seg.start):])
+                out.append(seg.audio[max(0, self.played - seg.start) :])
         return out
 
     def position_ms(self, position: int | None = None) -> int:

@@ -25,7 +25,7 @@ from server import turns as tt
 from server.audio_out import AudioOutput
 from server.conversation import Conversation, Item
 from server.reply import Reply
-from server.speaker import Busy, Speaker, _cancel
+from server.speaker import Busy, Speaker
 from vision.backends import ChatMessage, GenerationSettings
 from voice.asr import StreamingRecognizer
 from voice.audio import StreamResampler, s16_interleaved_to_mono_float
@@ -90,8 +90,15 @@ def _frame_intake(settings: SessionSettings) -> Any:
 
 
 class Session:
-    def __init__(self, engine: Engine, settings: SessionSettings, *, playout: str = "paced",
-                 clock: Clock | None = None, session_id: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: SessionSettings,
+        *,
+        playout: str = "paced",
+        clock: Clock | None = None,
+        session_id: str | None = None,
+    ) -> None:
         if playout not in ("paced", "push"):
             raise ValueError("playout is 'paced' or 'push'")
         self.engine = engine
@@ -109,7 +116,9 @@ class Session:
         self.frames: Any = _frame_intake(settings)  # camera frames (vision/frames.py)
         self._vision: asyncio.Task[TurnVision] | None = None  # what the model sees this turn
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._speaker = Speaker(engine, self.audio_out, self.emit, self.clock, self.busy, self.spawn)
+        self._speaker = Speaker(
+            engine, self.audio_out, self.emit, self.clock, self.busy, self.spawn
+        )
         self._vad = VoiceActivity(SileroVad(engine.vad_path), settings.turn)
         self._recognizer = StreamingRecognizer(
             engine.transcriber, engine.asr_executor, on_partial=self._on_partial
@@ -175,9 +184,17 @@ class Session:
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
             log.error("session %s task failed", self.id, exc_info=exc)
-            self.emit(ev.error({"type": "server_error", "code": "internal_error",
-                                "message": f"internal error: {exc}", "param": None,
-                                "event_id": None}))
+            self.emit(
+                ev.error(
+                    {
+                        "type": "server_error",
+                        "code": "internal_error",
+                        "message": f"internal error: {exc}",
+                        "param": None,
+                        "event_id": None,
+                    }
+                )
+            )
 
     @property
     def quiet(self) -> bool:
@@ -201,22 +218,39 @@ class Session:
     def describe(self) -> dict[str, Any]:
         """The session object of ``session.created``/``session.updated`` (OpenAI shape)."""
         turn = self.settings.turn
-        detection = None if turn.mode == "none" else {
-            "type": "server_vad", "threshold": turn.vad_threshold,
-            "prefix_padding_ms": turn.prefix_padding_ms, "silence_duration_ms": turn.silence_ms,
-            "create_response": True, "interrupt_response": turn.interrupt,
-        }
+        detection = (
+            None
+            if turn.mode == "none"
+            else {
+                "type": "server_vad",
+                "threshold": turn.vad_threshold,
+                "prefix_padding_ms": turn.prefix_padding_ms,
+                "silence_duration_ms": turn.silence_ms,
+                "create_response": True,
+                "interrupt_response": turn.interrupt,
+            }
+        )
         return {
-            "type": "realtime", "id": self.id, "object": "realtime.session", "model": "seetalk",
-            "instructions": self.settings.instructions, "output_modalities": ["audio"],
+            "type": "realtime",
+            "id": self.id,
+            "object": "realtime.session",
+            "model": "seetalk",
+            "instructions": self.settings.instructions,
+            "output_modalities": ["audio"],
             "audio": {
-                "input": {"format": {"type": "audio/pcm", "rate": 24000},
-                          "turn_detection": detection},
-                "output": {"format": {"type": "audio/pcm", "rate": 24000},
-                           "voice": self.settings.voice},
+                "input": {
+                    "format": {"type": "audio/pcm", "rate": 24000},
+                    "turn_detection": detection,
+                },
+                "output": {
+                    "format": {"type": "audio/pcm", "rate": 24000},
+                    "voice": self.settings.voice,
+                },
             },
-            "seetalk": {"turn": {k: getattr(turn, k) for k in turn.__dataclass_fields__},
-                        "output_rate": self.settings.output_rate},
+            "seetalk": {
+                "turn": {k: getattr(turn, k) for k in turn.__dataclass_fields__},
+                "output_rate": self.settings.output_rate,
+            },
         }
 
     # --- input -----------------------------------------------------------------------------
@@ -256,8 +290,11 @@ class Session:
 
     async def wait_idle(self) -> None:
         """Wait until no model work is in flight (virtual-time runs step on this)."""
-        while self._input or self.busy.count or self._recognizer.busy or (
-            self._finalizing is not None and not self._finalizing.done()
+        while (
+            self._input
+            or self.busy.count
+            or self._recognizer.busy
+            or (self._finalizing is not None and not self._finalizing.done())
         ):
             await asyncio.sleep(0.002)
 
@@ -373,7 +410,7 @@ class Session:
         if self._user_item is None or not text.strip():
             return
         old, self._partial = self._partial, text.strip()
-        delta = self._partial[len(old):] if self._partial.startswith(old) else self._partial
+        delta = self._partial[len(old) :] if self._partial.startswith(old) else self._partial
         self.emit(ev.transcription_delta(self._user_item, delta, self._partial))
         self._apply(self.turns.partial(text))
 
@@ -397,7 +434,8 @@ class Session:
         if tt.has_words(text):
             seen = await self._seen(item_id)
             previous = self.conversation.add(
-                Item(item_id, "user", text, images=seen.images, notes=seen.notes))
+                Item(item_id, "user", text, images=seen.images, notes=seen.notes)
+            )
             self.emit(ev.input_committed(item_id, previous))
             self.emit(ev.transcription_completed(item_id, text, seconds))
             user = self.conversation.get(item_id)
@@ -420,12 +458,18 @@ class Session:
         loop = asyncio.get_running_loop()
         with self.busy():
             selection = await loop.run_in_executor(
-                self.engine.vision_executor, self.frames.select, start, end)
+                self.engine.vision_executor, self.frames.select, start, end
+            )
             images = selection.jpegs()
             notes = ""
-            if images and not self.engine.backend.supports_images and self.engine.vision is not None:
+            if (
+                images
+                and not self.engine.backend.supports_images
+                and self.engine.vision is not None
+            ):
                 notes = await loop.run_in_executor(
-                    self.engine.vision_executor, self.engine.vision.describe, images)
+                    self.engine.vision_executor, self.engine.vision.describe, images
+                )
         return TurnVision(images, notes, selection)
 
     async def _seen(self, item_id: str) -> TurnVision:
@@ -459,16 +503,23 @@ class Session:
         return reply
 
     def _generation(self) -> GenerationSettings:
-        return GenerationSettings(max_tokens=self.settings.max_output_tokens,
-                                  temperature=self.settings.temperature)
+        return GenerationSettings(
+            max_tokens=self.settings.max_output_tokens, temperature=self.settings.temperature
+        )
 
     def _run(self, reply: Reply, user_text: str | None = None) -> None:
-        messages = self.conversation.messages(self.settings.instructions, self.settings.history_turns)
+        messages = self.conversation.messages(
+            self.settings.instructions, self.settings.history_turns
+        )
         if user_text is not None:  # preemptive: the user's words are not in history yet
             messages.append(ChatMessage("user", user_text))
         item = self._user_item
-        self._speaker.start(reply, messages, self._generation(),
-                            lambda why: self.emit(ev.images_dropped(item or "", why)))
+        self._speaker.start(
+            reply,
+            messages,
+            self._generation(),
+            lambda why: self.emit(ev.images_dropped(item or "", why)),
+        )
 
     def _start_preemptive(self, text: str) -> None:
         if self._vision is not None:
@@ -587,12 +638,16 @@ class Session:
         event_id = event.get("event_id") if isinstance(event, dict) else None
         try:
             if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-                raise InvalidEvent("an event is a JSON object with a string 'type'",
-                                   code="invalid_event", param="type")
+                raise InvalidEvent(
+                    "an event is a JSON object with a string 'type'",
+                    code="invalid_event",
+                    param="type",
+                )
             handler = _HANDLERS.get(event["type"])
             if handler is None:
-                raise InvalidEvent(f"unknown event type {event['type']!r}",
-                                   code="unknown_event_type", param="type")
+                raise InvalidEvent(
+                    f"unknown event type {event['type']!r}", code="unknown_event_type", param="type"
+                )
             await handler(self, event)
         except SeetalkError as exc:
             exc.event_id = exc.event_id or (event_id if isinstance(event_id, str) else None)
@@ -634,9 +689,15 @@ class Session:
                 texts.append(part["transcript"])
             else:
                 raise InvalidEvent(f"unsupported content part {kind!r}", param="item.content.type")
-        item_id = item.get("id") if isinstance(item.get("id"), str) else ev.new_id("item")
-        new = Item(item_id, "assistant" if role == "assistant" else "user", " ".join(texts),
-                   images=tuple(images), source="text")
+        given = item.get("id")
+        item_id = given if isinstance(given, str) and given else ev.new_id("item")
+        new = Item(
+            item_id,
+            "assistant" if role == "assistant" else "user",
+            " ".join(texts),
+            images=tuple(images),
+            source="text",
+        )
         previous = self.conversation.add(new)
         self.emit(ev.item_added(new.to_event_item(), previous))
         self.emit(ev.item_done(new.to_event_item(), previous))
@@ -655,7 +716,9 @@ class Session:
 
     async def _on_input_commit(self, event: dict[str, Any]) -> None:
         if not self.turns.in_utterance:
-            raise InvalidEvent("the input audio buffer is empty", code="input_audio_buffer_commit_empty")
+            raise InvalidEvent(
+                "the input audio buffer is empty", code="input_audio_buffer_commit_empty"
+            )
         self._speech_end_clock = self.clock.now()
         self._apply(self.turns.commit(self._samples / RATE))
 
@@ -674,8 +737,9 @@ class Session:
         reply = next((r for r in candidates if r is not None and r.item_id == item_id), None)
         item = self.conversation.get(item_id)
         if reply is None and (item is None or item.role != "assistant"):
-            raise InvalidEvent(f"no assistant audio item {item_id!r}", code="item_not_found",
-                               param="item_id")
+            raise InvalidEvent(
+                f"no assistant audio item {item_id!r}", code="item_not_found", param="item_id"
+            )
         if reply is None:
             raise InvalidEvent(f"item {item_id!r} has no audio to truncate", param="item_id")
         position = min(reply.total_samples, end_ms * reply.rate // 1000)
@@ -741,10 +805,16 @@ def session_changes(session: dict[str, Any]) -> dict[str, Any]:
             turn["mode"] = "none"
         elif isinstance(td, dict):
             if td.get("type", "server_vad") not in ("server_vad", "semantic_vad"):
-                raise ConfigError("turn_detection.type must be server_vad", param="turn_detection.type")
+                raise ConfigError(
+                    "turn_detection.type must be server_vad", param="turn_detection.type"
+                )
             turn["mode"] = "server_vad"
-            for src, dst in (("threshold", "vad_threshold"), ("prefix_padding_ms", "prefix_padding_ms"),
-                             ("silence_duration_ms", "silence_ms"), ("interrupt_response", "interrupt")):
+            for src, dst in (
+                ("threshold", "vad_threshold"),
+                ("prefix_padding_ms", "prefix_padding_ms"),
+                ("silence_duration_ms", "silence_ms"),
+                ("interrupt_response", "interrupt"),
+            ):
                 if src in td:
                     turn[dst] = td[src]
         else:

@@ -49,8 +49,15 @@ class Busy:
 
 
 class Speaker:
-    def __init__(self, engine: Engine, audio_out: AudioOutput, emit: Callable[[dict], None],
-                 clock: Clock, busy: Busy, spawn: Callable[..., asyncio.Task]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        audio_out: AudioOutput,
+        emit: Callable[[dict], None],
+        clock: Clock,
+        busy: Busy,
+        spawn: Callable[..., asyncio.Task],
+    ) -> None:
         self.engine = engine
         self.audio_out = audio_out
         self.emit = emit
@@ -66,13 +73,20 @@ class Speaker:
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    def start(self, reply: Reply, messages: list[ChatMessage], settings: GenerationSettings,
-              on_images_dropped: Callable[[str], None] | None = None) -> None:
+    def start(
+        self,
+        reply: Reply,
+        messages: list[ChatMessage],
+        settings: GenerationSettings,
+        on_images_dropped: Callable[[str], None] | None = None,
+    ) -> None:
         """Start generating and speaking ``reply``. Held replies synthesize but stay silent."""
         self._consumed[reply.id] = 0
         self._queued[reply.id] = 0
         self._flushing[reply.id] = asyncio.Lock()
-        self._gen[reply.id] = self.spawn(self._generate(reply, messages, settings, on_images_dropped))
+        self._gen[reply.id] = self.spawn(
+            self._generate(reply, messages, settings, on_images_dropped)
+        )
         self._synth[reply.id] = self.spawn(self._synthesize(reply))
 
     def announce(self, reply: Reply) -> None:
@@ -128,9 +142,13 @@ class Speaker:
 
     # --- generation -----------------------------------------------------------------------
 
-    async def _generate(self, reply: Reply, messages: list[ChatMessage],
-                        settings: GenerationSettings,
-                        on_images_dropped: Callable[[str], None] | None) -> None:
+    async def _generate(
+        self,
+        reply: Reply,
+        messages: list[ChatMessage],
+        settings: GenerationSettings,
+        on_images_dropped: Callable[[str], None] | None,
+    ) -> None:
         reply.times.llm_start = self.clock.now()
         try:
             try:
@@ -150,8 +168,9 @@ class Speaker:
             reply.generation_done = True
             reply.text_changed.set()
 
-    async def _stream(self, reply: Reply, messages: list[ChatMessage],
-                      settings: GenerationSettings) -> None:
+    async def _stream(
+        self, reply: Reply, messages: list[ChatMessage], settings: GenerationSettings
+    ) -> None:
         with self.busy():
             async for delta in self.engine.backend.stream(messages, settings):
                 if reply.times.first_token is None:
@@ -215,7 +234,7 @@ class Speaker:
     async def _flush_locked(self, reply: Reply) -> None:
         while (queued := self._queued.get(reply.id)) is not None and queued < reply.total_samples:
             seg = next(s for s in reply.segments if s.end > queued)
-            piece = seg.audio[queued - seg.start:]
+            piece = seg.audio[queued - seg.start :]
             self._queued[reply.id] = seg.end
             await self.audio_out.write(reply, piece)
 

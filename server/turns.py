@@ -29,10 +29,31 @@ from seetalk.config import TurnSettings
 
 # Words whisper produces from noise, breath or a cough; alone they are not an utterance.
 _HALLUCINATIONS = frozenset(
-    {"", "you", "thank you", "thanks", "bye", "uh", "um", "hmm", "mm", "oh", "ah", "so",
-     "thank you for watching", "thanks for watching",
-     # backchannels: the person is listening, not taking the turn
-     "uh huh", "mm hmm", "mhm", "uh uh", "hmm hmm", "mm mm", "ah ha", "aha"}
+    {
+        "",
+        "you",
+        "thank you",
+        "thanks",
+        "bye",
+        "uh",
+        "um",
+        "hmm",
+        "mm",
+        "oh",
+        "ah",
+        "so",
+        "thank you for watching",
+        "thanks for watching",
+        # backchannels: the person is listening, not taking the turn
+        "uh huh",
+        "mm hmm",
+        "mhm",
+        "uh uh",
+        "hmm hmm",
+        "mm mm",
+        "ah ha",
+        "aha",
+    }
 )
 
 
@@ -139,9 +160,19 @@ class CancelPendingReply:
 
 
 Action = (
-    UtteranceStarted | RecognitionPaused | RecognitionResumed | StartPreemptive | CancelPreemptive
-    | EndOfTurn | AdoptPreemptive | Respond | DiscardUtterance | PauseReply | InterruptReply
-    | ResumeReply | CancelPendingReply
+    UtteranceStarted
+    | RecognitionPaused
+    | RecognitionResumed
+    | StartPreemptive
+    | CancelPreemptive
+    | EndOfTurn
+    | AdoptPreemptive
+    | Respond
+    | DiscardUtterance
+    | PauseReply
+    | InterruptReply
+    | ResumeReply
+    | CancelPendingReply
 )
 
 
@@ -227,7 +258,12 @@ class TurnTaker:
         ):
             actions.extend(self._end_of_turn(self._silence_since))
         barge = self._barge
-        if barge is not None and now >= barge.deadline and not self.speaking and barge.heard_nothing:
+        if (
+            barge is not None
+            and now >= barge.deadline
+            and not self.speaking
+            and barge.heard_nothing
+        ):
             # No words came in time and the person is silent again: it was noise.
             actions.append(ResumeReply(barge.reply_id))
             self._barge = None

@@ -39,7 +39,9 @@ SAMPLES = [
     ev.audio_done("resp_1", "item_3"),
     ev.response_done("resp_1", "completed", [ev.assistant_item("item_3", "Hi.", "completed")]),
     ev.response_done("resp_1", "cancelled", [], reason="turn_detected"),
-    ev.response_done("resp_1", "failed", [], err={"type": "server_error", "code": "x", "message": "y"}),
+    ev.response_done(
+        "resp_1", "failed", [], err={"type": "server_error", "code": "x", "message": "y"}
+    ),
     ev.output_audio_started("resp_1"),
     ev.output_audio_stopped("resp_1"),
     ev.output_audio_cleared("resp_1"),

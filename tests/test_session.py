@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from seetalk.config import SessionSettings, TurnSettings
+from seetalk.config import SessionSettings
 from server.filesession import run_session
 from server.speaker import APOLOGY
 from vision.backend_openai import OpenAIChatBackend
@@ -27,14 +27,20 @@ def words(text: str) -> list[str]:
 def speech_onsets(audio: np.ndarray, rate: int = 16_000) -> list[float]:
     """Times where sound starts after silence (truth for where a phrase begins)."""
     frame = rate // 100
-    energy = np.array([np.abs(audio[i:i + frame]).mean() for i in range(0, audio.size - frame, frame)])
+    energy = np.array(
+        [np.abs(audio[i : i + frame]).mean() for i in range(0, audio.size - frame, frame)]
+    )
     loud = energy > 0.01
-    return [i / 100 for i in range(1, loud.size) if loud[i] and not loud[max(0, i - 30):i].any()]
+    return [i / 100 for i in range(1, loud.size) if loud[i] and not loud[max(0, i - 30) : i].any()]
 
 
-async def test_conversation_with_a_barge_in_keeps_only_what_was_heard(engine, timeline, whisper_base):
-    audio = timeline([(1.0, "Tell me a long story about a brave dragon."),
-                      (6.5, "Stop. What is two plus two?")], 14.0)
+async def test_conversation_with_a_barge_in_keeps_only_what_was_heard(
+    engine, timeline, whisper_base
+):
+    audio = timeline(
+        [(1.0, "Tell me a long story about a brave dragon."), (6.5, "Stop. What is two plus two?")],
+        14.0,
+    )
     run = await run_session(engine, audio, 16_000, fast=True)
     assert run.leaked_tasks == 0
     roles = [(h["role"], h["interrupted"]) for h in run.history]
@@ -49,16 +55,24 @@ async def test_conversation_with_a_barge_in_keeps_only_what_was_heard(engine, ti
     assert len(truncated) == 1
     heard = truncated[0]["transcript"]
     assert heard == run.history[1]["text"]
-    spoken = "".join(e["delta"] for e in run.of_type("response.output_audio_transcript.delta")
-                     if e["response_id"] == done[0]["response"]["id"])
+    spoken = "".join(
+        e["delta"]
+        for e in run.of_type("response.output_audio_transcript.delta")
+        if e["response_id"] == done[0]["response"]["id"]
+    )
     assert len(words(heard)) < len(words(spoken))  # it was cut
 
     # What the person heard: transcribe the output audio of that reply back.
     start_ms = next(e["t_ms"] for e in run.of_type("output_audio_buffer.started"))
     barge = run.of_type("seetalk.barge_in")[0]
     out = run.audio.astype(np.float32) / 32768
-    piece = out[int((start_ms - 20) * 48):int((barge["stopped_ms"] + 20) * 48)]
-    assert np.abs(out[int((barge["stopped_ms"] + 40) * 48):int((barge["stopped_ms"] + 400) * 48)]).max() == 0
+    piece = out[int((start_ms - 20) * 48) : int((barge["stopped_ms"] + 20) * 48)]
+    assert (
+        np.abs(
+            out[int((barge["stopped_ms"] + 40) * 48) : int((barge["stopped_ms"] + 400) * 48)]
+        ).max()
+        == 0
+    )
     played = words(whisper_base.transcribe(resample(piece, 48_000, 16_000)))
     assert abs(len(played) - len(words(heard))) <= 2, (played, heard)
 
@@ -82,18 +96,24 @@ async def test_a_murmur_during_a_reply_is_not_an_interruption(engine, timeline):
     # Audio goes quiet at the pause and plays again after the resume.
     out = np.abs(run.audio.astype(np.int32))
     p_ms, r_ms = paused[0]["t_ms"], resumed[0]["t_ms"]
-    assert out[(p_ms + 40) * 48:(r_ms - 20) * 48].max() == 0
-    assert out[(r_ms + 20) * 48:(r_ms + 1000) * 48].max() > 1000
+    assert out[(p_ms + 40) * 48 : (r_ms - 20) * 48].max() == 0
+    assert out[(r_ms + 20) * 48 : (r_ms + 1000) * 48].max() > 1000
 
 
 async def test_model_server_down_gives_an_error_and_a_spoken_apology(engine, timeline):
-    down = dataclasses.replace(engine, backend=OpenAIChatBackend("http://127.0.0.1:9/v1", timeout_s=2))
+    down = dataclasses.replace(
+        engine, backend=OpenAIChatBackend("http://127.0.0.1:9/v1", timeout_s=2)
+    )
     audio = timeline([(0.5, "What is the capital of France?")], 6.0)
     run = await run_session(down, audio, 16_000, fast=True)
     errors = run.of_type("error")
     assert errors and errors[0]["error"]["code"] == "model_backend_error"
-    assert run.history[-1] == {"id": run.history[-1]["id"], "role": "assistant",
-                               "text": APOLOGY, "interrupted": False}
+    assert run.history[-1] == {
+        "id": run.history[-1]["id"],
+        "role": "assistant",
+        "text": APOLOGY,
+        "interrupted": False,
+    }
     assert run.of_type("response.done")[-1]["response"]["status"] == "failed"
     assert run.leaked_tasks == 0
 
@@ -113,12 +133,28 @@ async def test_typed_messages_and_bad_client_events(engine):
         ]
         for event in bad:
             await session.handle_client_event(event)  # type: ignore[arg-type]
-        await session.handle_client_event({"type": "session.update",
-                                           "session": {"audio": {"input": {"turn_detection": {
-                                               "type": "server_vad", "silence_duration_ms": 700}}}}})
-        await session.handle_client_event({"type": "conversation.item.create", "item": {
-            "type": "message", "role": "user",
-            "content": [{"type": "input_text", "text": "Say hello."}]}})
+        await session.handle_client_event(
+            {
+                "type": "session.update",
+                "session": {
+                    "audio": {
+                        "input": {
+                            "turn_detection": {"type": "server_vad", "silence_duration_ms": 700}
+                        }
+                    }
+                },
+            }
+        )
+        await session.handle_client_event(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "Say hello."}],
+                },
+            }
+        )
         await session.handle_client_event({"type": "response.create"})
         chunks = []
         events: list[dict] = []
@@ -133,8 +169,14 @@ async def test_typed_messages_and_bad_client_events(engine):
                     pass
         errors = [e["error"] for e in events if e["type"] == "error"]
         assert [e["code"] for e in errors] == [
-            "unknown_event_type", "invalid_event", "item_not_found", "item_not_found",
-            "invalid_config", "input_audio_buffer_commit_empty", "invalid_event"]
+            "unknown_event_type",
+            "invalid_event",
+            "item_not_found",
+            "item_not_found",
+            "invalid_config",
+            "input_audio_buffer_commit_empty",
+            "invalid_event",
+        ]
         assert errors[0]["event_id"] == "e1" and errors[4]["param"] == "turn.silence_ms"
         assert session.settings.turn.silence_ms == 700
         assert chunks and sum(c.samples.size for c in chunks) > 24_000 * 0.3
@@ -147,9 +189,16 @@ async def test_typed_messages_and_bad_client_events(engine):
 async def test_response_cancel_stops_the_reply(engine):
     session = engine.new_session()
     await session.start()
-    await session.handle_client_event({"type": "conversation.item.create", "item": {
-        "type": "message", "role": "user",
-        "content": [{"type": "input_text", "text": "Tell me a long story about a castle."}]}})
+    await session.handle_client_event(
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "Tell me a long story about a castle."}],
+            },
+        }
+    )
     await session.handle_client_event({"type": "response.create"})
     async with asyncio.timeout(30):
         while session.audio_out.buffered_samples == 0:
@@ -174,8 +223,12 @@ async def test_response_cancel_stops_the_reply(engine):
 def test_run_file_rejects_what_is_not_audio(tmp_path, content):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(content)
-    proc = subprocess.run([sys.executable, "-m", "seetalk.cli", "run-file", str(bad)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "seetalk.cli", "run-file", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith("seetalk: ") and "Traceback" not in proc.stderr
     assert str(bad) in proc.stderr or "empty" in proc.stderr
@@ -184,9 +237,23 @@ def test_run_file_rejects_what_is_not_audio(tmp_path, content):
 def test_run_file_writes_audio_and_events(tmp_path, espeak):
     wav = espeak("What is the capital of France?", wav=True)
     out, events = tmp_path / "reply.wav", tmp_path / "events.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "seetalk.cli", "run-file", str(wav), "--fast",
-                           "--out", str(out), "--events", str(events)],
-                          capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "seetalk.cli",
+            "run-file",
+            str(wav),
+            "--fast",
+            "--out",
+            str(out),
+            "--events",
+            str(events),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "user:" in proc.stdout and "assistant:" in proc.stdout
     import json

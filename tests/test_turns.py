@@ -12,7 +12,9 @@ def kinds(actions: list[tt.Action]) -> list[str]:
     return [type(a).__name__ for a in actions]
 
 
-def run_silence(taker: tt.TurnTaker, start: float, end: float, step: float = 0.02) -> list[tt.Action]:
+def run_silence(
+    taker: tt.TurnTaker, start: float, end: float, step: float = 0.02
+) -> list[tt.Action]:
     """Ticks from ``start`` to ``end`` (silence), collecting actions."""
     out: list[tt.Action] = []
     steps = round((end - start) / step)
