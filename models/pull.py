@@ -39,23 +39,51 @@ class VisionModel:
 VISION_MODELS: dict[str, VisionModel] = {
     m.name: m
     for m in (
-        VisionModel("smolvlm-256m", "ggml-org/SmolVLM-256M-Instruct-GGUF",
-                    "SmolVLM-256M-Instruct-Q8_0.gguf", "mmproj-SmolVLM-256M-Instruct-Q8_0.gguf",
-                    280, "Apache-2.0", "smallest; fast on CPU, simple answers"),
-        VisionModel("smolvlm-500m", "ggml-org/SmolVLM-500M-Instruct-GGUF",
-                    "SmolVLM-500M-Instruct-Q8_0.gguf", "mmproj-SmolVLM-500M-Instruct-Q8_0.gguf",
-                    540, "Apache-2.0", "small; a good CPU default"),
-        VisionModel("smolvlm2-2.2b", "ggml-org/SmolVLM2-2.2B-Instruct-GGUF",
-                    "SmolVLM2-2.2B-Instruct-Q4_K_M.gguf",
-                    "mmproj-SmolVLM2-2.2B-Instruct-Q8_0.gguf",
-                    1600, "Apache-2.0", "better answers; wants a fast CPU or a GPU"),
-        VisionModel("qwen2.5-vl-3b", "ggml-org/Qwen2.5-VL-3B-Instruct-GGUF",
-                    "Qwen2.5-VL-3B-Instruct-Q4_K_M.gguf", "mmproj-Qwen2.5-VL-3B-Instruct-Q8_0.gguf",
-                    2700, "Qwen research licence (non-commercial)",
-                    "strong at reading text; GPU recommended"),
-        VisionModel("gemma-3-4b", "ggml-org/gemma-3-4b-it-GGUF",
-                    "gemma-3-4b-it-Q4_K_M.gguf", "mmproj-model-f16.gguf",
-                    3300, "Gemma terms of use", "strong general answers; GPU recommended"),
+        VisionModel(
+            "smolvlm-256m",
+            "ggml-org/SmolVLM-256M-Instruct-GGUF",
+            "SmolVLM-256M-Instruct-Q8_0.gguf",
+            "mmproj-SmolVLM-256M-Instruct-Q8_0.gguf",
+            280,
+            "Apache-2.0",
+            "smallest; fast on CPU, simple answers",
+        ),
+        VisionModel(
+            "smolvlm-500m",
+            "ggml-org/SmolVLM-500M-Instruct-GGUF",
+            "SmolVLM-500M-Instruct-Q8_0.gguf",
+            "mmproj-SmolVLM-500M-Instruct-Q8_0.gguf",
+            540,
+            "Apache-2.0",
+            "small; a good CPU default",
+        ),
+        VisionModel(
+            "smolvlm2-2.2b",
+            "ggml-org/SmolVLM2-2.2B-Instruct-GGUF",
+            "SmolVLM2-2.2B-Instruct-Q4_K_M.gguf",
+            "mmproj-SmolVLM2-2.2B-Instruct-Q8_0.gguf",
+            1600,
+            "Apache-2.0",
+            "better answers; wants a fast CPU or a GPU",
+        ),
+        VisionModel(
+            "qwen2.5-vl-3b",
+            "ggml-org/Qwen2.5-VL-3B-Instruct-GGUF",
+            "Qwen2.5-VL-3B-Instruct-Q4_K_M.gguf",
+            "mmproj-Qwen2.5-VL-3B-Instruct-Q8_0.gguf",
+            2700,
+            "Qwen research licence (non-commercial)",
+            "strong at reading text; GPU recommended",
+        ),
+        VisionModel(
+            "gemma-3-4b",
+            "ggml-org/gemma-3-4b-it-GGUF",
+            "gemma-3-4b-it-Q4_K_M.gguf",
+            "mmproj-model-f16.gguf",
+            3300,
+            "Gemma terms of use",
+            "strong general answers; GPU recommended",
+        ),
     )
 }
 
@@ -69,8 +97,9 @@ def _size(n: float) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-def download(url: str, dest: str | Path, *, out: TextIO | None = None,
-             timeout_s: float = 30.0) -> Path:
+def download(
+    url: str, dest: str | Path, *, out: TextIO | None = None, timeout_s: float = 30.0
+) -> Path:
     """Download ``url`` to ``dest`` with a progress bar on ``out`` (stderr): into
     ``dest.part`` first, renamed into place when complete. Raises ``OSError`` (including
     ``urllib.error.URLError``) on failure, leaving no ``.part`` file behind."""
@@ -105,8 +134,10 @@ def download(url: str, dest: str | Path, *, out: TextIO | None = None,
 def _bar(out: TextIO, name: str, done: int, total: int, width: int = 30) -> None:
     if total:
         filled = int(width * done / total)
-        out.write(f"\r{name} [{'#' * filled}{'.' * (width - filled)}] "
-                  f"{100 * done / total:5.1f}% {_size(done)} of {_size(total)}")
+        out.write(
+            f"\r{name} [{'#' * filled}{'.' * (width - filled)}] "
+            f"{100 * done / total:5.1f}% {_size(done)} of {_size(total)}"
+        )
     else:
         out.write(f"\r{name} {_size(done)}")
     out.flush()
@@ -120,8 +151,13 @@ def list_models(out: TextIO) -> None:
         out.write(f"  {'':<15} {m.url(m.mmproj_file)}\n")
 
 
-def pull(name: str | None, *, dest_dir: str | Path | None = None, out: TextIO | None = None,
-         base_url: str | None = None) -> int:
+def pull(
+    name: str | None,
+    *,
+    dest_dir: str | Path | None = None,
+    out: TextIO | None = None,
+    base_url: str | None = None,
+) -> int:
     """List the models (``name`` None, exit 0), or download ``name`` into ``models/user/``
     and say how to run it (exit 0); unknown name: 2; download failed: 1. ``base_url``
     replaces ``https://huggingface.co`` (a mirror)."""

@@ -623,6 +623,7 @@ class Session:
         if self._reply is reply:
             self._reply = None
         self._speaker.forget(reply)
+        self.emit(ev.audio_done(reply.id, reply.item_id))
         self.emit(ev.audio_transcript_done(reply.id, reply.item_id, text))
         self.emit(ev.content_part_done(reply.id, reply.item_id, text))
         self.emit(ev.output_item_done(reply.id, item.to_event_item()))

@@ -40,9 +40,23 @@ def test_a_video_plays_at_its_frame_rate(tmp_path):
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg is not installed")
     path = tmp_path / "clip.mp4"
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i",
-                    "testsrc=size=320x240:rate=10", "-t", "1", "-pix_fmt", "yuv420p", str(path)],
-                   check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=10",
+            "-t",
+            "1",
+            "-pix_fmt",
+            "yuv420p",
+            str(path),
+        ],
+        check=True,
+    )
     camera = FileCamera.open(path)
     assert not camera.is_still
     frames = _play(camera, 2.0)

@@ -10,7 +10,7 @@ import pytest
 from seetalk.config import DEFAULT_INSTRUCTIONS
 from seetalk.errors import BadImage
 from vision.images import encode_jpeg
-from vision.scene import SceneDescriber, colours
+from vision.scene import colours
 
 pytestmark = pytest.mark.models
 
@@ -71,8 +71,10 @@ def ask(smollm2_gguf):
     loop = asyncio.new_event_loop()
 
     async def run(notes, question):
-        messages = [ChatMessage("system", DEFAULT_INSTRUCTIONS),
-                    ChatMessage("user", f"{notes}\n{question}")]
+        messages = [
+            ChatMessage("system", DEFAULT_INSTRUCTIONS),
+            ChatMessage("user", f"{notes}\n{question}"),
+        ]
         return "".join([d async for d in backend.stream(messages, GenerationSettings())])
 
     yield lambda notes, question: loop.run_until_complete(run(notes, question))

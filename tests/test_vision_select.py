@@ -28,8 +28,12 @@ def test_camera_off_is_nothing():
 
 
 def test_sharpest_of_the_last_300_ms_wins_over_a_newer_blurred_frame():
-    cands = [Candidate(2.5, SHARP, 1.0, 1), Candidate(2.7, SHARP * 1.2, 0.01, 2),
-             Candidate(2.9, BLURRED, 0.02, 3), Candidate(3.0, BLURRED, 0.02, 4)]
+    cands = [
+        Candidate(2.5, SHARP, 1.0, 1),
+        Candidate(2.7, SHARP * 1.2, 0.01, 2),
+        Candidate(2.9, BLURRED, 0.02, 3),
+        Candidate(3.0, BLURRED, 0.02, 4),
+    ]
     [choice] = select_frames(cands, 1.0, 3.0, max_keyframes=2)
     assert choice.candidate.key == 2 and choice.reason == SHARPEST_AT_END
 
@@ -65,7 +69,9 @@ def test_scene_change_during_the_utterance_adds_a_keyframe():
 
 
 def test_keyframes_are_capped_by_the_biggest_changes():
-    cands = seq([(3, SHARP, 1.0), (3, SHARP, 0.2), (3, SHARP, 0.5), (3, SHARP, 0.3), (3, SHARP, 0.6)])
+    cands = seq(
+        [(3, SHARP, 1.0), (3, SHARP, 0.2), (3, SHARP, 0.5), (3, SHARP, 0.3), (3, SHARP, 0.6)]
+    )
     choices = select_frames(cands, 0.0, 2.9, max_keyframes=2)
     keys = [c for c in choices if c.reason == SCENE_CHANGE]
     assert len(keys) == 2
@@ -77,8 +83,9 @@ def test_keyframes_are_capped_by_the_biggest_changes():
 def test_motion_blur_is_not_a_scene():
     """While the camera pans every candidate differs from the last: single-frame stretches
     are motion, not scenes worth showing."""
-    cands = seq([(5, SHARP, 1.0), (1, BLURRED, 0.3), (1, BLURRED, 0.3), (1, BLURRED, 0.3),
-                 (5, SHARP, 0.3)])
+    cands = seq(
+        [(5, SHARP, 1.0), (1, BLURRED, 0.3), (1, BLURRED, 0.3), (1, BLURRED, 0.3), (5, SHARP, 0.3)]
+    )
     choices = select_frames(cands, 0.0, 2.5, max_keyframes=3)
     assert all(c.candidate.sharpness == SHARP for c in choices)
     assert len(choices) == 2

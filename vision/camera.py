@@ -21,8 +21,13 @@ STILL_FPS = 5.0
 
 
 class FileCamera:
-    def __init__(self, path: Path, still: np.ndarray | None = None,
-                 container: Any = None, frames: Iterator[tuple[float, np.ndarray]] | None = None):
+    def __init__(
+        self,
+        path: Path,
+        still: np.ndarray | None = None,
+        container: Any = None,
+        frames: Iterator[tuple[float, np.ndarray]] | None = None,
+    ):
         self.path = path
         self._still = still
         self._container = container
@@ -48,8 +53,9 @@ class FileCamera:
 
             container = av.open(str(p))
         except Exception as exc:  # noqa: BLE001 - PyAV raises many kinds
-            raise BadImage(f"camera file {p} is neither an image nor a video: {exc}",
-                           param="camera") from exc
+            raise BadImage(
+                f"camera file {p} is neither an image nor a video: {exc}", param="camera"
+            ) from exc
         if not container.streams.video:
             container.close()
             raise BadImage(f"camera file {p} has no video stream", param="camera")
@@ -84,10 +90,7 @@ class FileCamera:
         if self._pending is None and self._frames is not None:
             try:
                 self._pending = next(self._frames)
-            except StopIteration:
-                self._frames = None
-                self.close()
-            except Exception:  # noqa: BLE001 - a corrupt tail ends the video
+            except Exception:  # noqa: BLE001 - the end, or a corrupt tail, ends the video
                 self._frames = None
                 self.close()
         return self._pending

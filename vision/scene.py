@@ -104,13 +104,16 @@ class SceneNotes:
 def colours(bgr: np.ndarray) -> tuple[str | None, str | None, str | None]:
     """(object in the centre, background, whole scene) colour names; see the module doc."""
     h, w = bgr.shape[:2]
-    small = cv2.resize(bgr, (COLOUR_WIDTH, max(8, round(h * COLOUR_WIDTH / w))),
-                       interpolation=cv2.INTER_AREA)
+    small = cv2.resize(
+        bgr, (COLOUR_WIDTH, max(8, round(h * COLOUR_WIDTH / w))), interpolation=cv2.INTER_AREA
+    )
     H, W = small.shape[:2]
     lab = cv2.cvtColor(small, cv2.COLOR_BGR2Lab).reshape(-1, 3).astype(np.float32)
     criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 0.5)
     cv2.setRNGSeed(0)
-    _, labels, centres = cv2.kmeans(lab, CLUSTERS, None, criteria, 3, cv2.KMEANS_PP_CENTERS)
+    _, labels, centres = cv2.kmeans(  # type: ignore[call-overload]
+        lab, CLUSTERS, None, criteria, 3, cv2.KMEANS_PP_CENTERS
+    )
     labels = labels.reshape(H, W)
     yy, xx = np.mgrid[0:H, 0:W]
     weight = np.exp(-(((xx - W / 2) / (W / 4)) ** 2 + ((yy - H / 2) / (H / 4)) ** 2) / 2)
@@ -158,13 +161,15 @@ class SceneDescriber:
                 try:
                     from rapidocr import RapidOCR
 
-                    self._ocr = RapidOCR(params={
-                        "Global.log_level": "error",
-                        "Global.use_cls": False,
-                        "Det.limit_type": "max",
-                        "Det.limit_side_len": 736,
-                        "EngineConfig.onnxruntime.intra_op_num_threads": self.threads,
-                    })
+                    self._ocr = RapidOCR(
+                        params={
+                            "Global.log_level": "error",
+                            "Global.use_cls": False,
+                            "Det.limit_type": "max",
+                            "Det.limit_side_len": 736,
+                            "EngineConfig.onnxruntime.intra_op_num_threads": self.threads,
+                        }
+                    )
                 except Exception as exc:  # noqa: BLE001 - notes go on without text
                     self._ocr_failed = True
                     log.warning("rapidocr unavailable, scene notes without text: %s", exc)
