@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,9 +49,13 @@ STORIES = [
     "Tell me everything you know about the ocean.",
     "Tell me a long story about a robot who learns to paint.",
 ]
-INTERRUPTIONS = ["Stop. What is two plus two?", "Wait, tell me a joke instead.",
-                 "No, no. What time is it?", "Hold on. Where is Paris?",
-                 "Stop please. How are you?"]
+INTERRUPTIONS = [
+    "Stop. What is two plus two?",
+    "Wait, tell me a joke instead.",
+    "No, no. What time is it?",
+    "Hold on. Where is Paris?",
+    "Stop please. How are you?",
+]
 
 
 def speak(text: str, workdir: Path) -> np.ndarray:
@@ -102,19 +105,27 @@ async def answer_turn(engine: Engine, question: str, workdir: Path) -> dict:
         round((loud[0] / run.rate - last_voiced) * 1000, 1) if loud.size else None
     )
     m["question"] = question
-    m["transcript"] = next((e["transcript"] for e in run.of_type(
-        "conversation.item.input_audio_transcription.completed")), "")
+    m["transcript"] = next(
+        (
+            e["transcript"]
+            for e in run.of_type("conversation.item.input_audio_transcription.completed")
+        ),
+        "",
+    )
     m["reply"] = next((h["text"] for h in run.history if h["role"] == "assistant"), "")
     return m
 
 
-async def barge_in_turn(engine: Engine, story: str, interruption: str, at_s: float,
-                        workdir: Path) -> dict:
+async def barge_in_turn(
+    engine: Engine, story: str, interruption: str, at_s: float, workdir: Path
+) -> dict:
     first, second = speak(story, workdir), speak(interruption, workdir)
-    audio = np.zeros(int((1 + first.size / RATE + at_s + second.size / RATE + 3) * RATE), np.float32)
-    audio[RATE:RATE + first.size] = first
+    audio = np.zeros(
+        int((1 + first.size / RATE + at_s + second.size / RATE + 3) * RATE), np.float32
+    )
+    audio[RATE : RATE + first.size] = first
     onset_i = int((1 + first.size / RATE + at_s) * RATE)
-    audio[onset_i:onset_i + second.size] = second
+    audio[onset_i : onset_i + second.size] = second
     run = await run_session(engine, audio, RATE, max_tail_s=1.0)
     onset = voiced_spans(audio, RATE)[-1][0]
     out = np.abs(run.audio.astype(np.float32)) / 32768
@@ -133,7 +144,10 @@ async def barge_in_turn(engine: Engine, story: str, interruption: str, at_s: flo
     barge = run.of_type("seetalk.barge_in")
     result["event_stop_ms"] = barge[0]["stopped_ms"] - barge[0]["onset_ms"] if barge else None
     heard = truncated[0]["transcript"]
-    piece = run.audio[int(reply_start * rate) - 960:int(stopped * rate) + 960].astype(np.float32) / 32768
+    piece = (
+        run.audio[int(reply_start * rate) - 960 : int(stopped * rate) + 960].astype(np.float32)
+        / 32768
+    )
     played = engine.transcriber.transcribe(resample(piece, rate, RATE))
     result["heard_history"] = heard
     result["played_transcribed"] = played
@@ -157,19 +171,33 @@ async def main() -> None:
         for q in questions:
             turn = await answer_turn(engine, q, workdir)
             turns.append(turn)
-            print(f"  turn: v2v {turn.get('voice_to_voice_ms')} ms (audio {turn['audio_voice_to_voice_ms']}), "
-                  f"overhead {turn.get('overhead_ms')} ms | {turn['transcript']!r} -> {turn['reply'][:60]!r}")
+            print(
+                f"  turn: v2v {turn.get('voice_to_voice_ms')} ms (audio {turn['audio_voice_to_voice_ms']}), "
+                f"overhead {turn.get('overhead_ms')} ms | {turn['transcript']!r} -> {turn['reply'][:60]!r}"
+            )
         for i in range(barges):
             run = await barge_in_turn(engine, STORIES[i], INTERRUPTIONS[i], 4.0 + 0.3 * i, workdir)
             barge_runs.append(run)
-            print(f"  barge-in: stop {run.get('barge_in_stop_ms')} ms, heard {run.get('heard_history')!r} "
-                  f"vs played {run.get('played_transcribed')!r} ({run.get('missed', '')})")
+            print(
+                f"  barge-in: stop {run.get('barge_in_stop_ms')} ms, heard {run.get('heard_history')!r} "
+                f"vs played {run.get('played_transcribed')!r} ({run.get('missed', '')})"
+            )
     await engine.aclose()
 
-    keys = ["endpoint_ms", "asr_final_ms", "llm_first_token_ms", "first_audio_ready_ms",
-            "voice_to_voice_ms", "audio_voice_to_voice_ms", "compute_ms", "overhead_ms"]
-    summary = {k: {"p50": pct([t.get(k) for t in turns], 0.5),
-                   "p90": pct([t.get(k) for t in turns], 0.9)} for k in keys}
+    keys = [
+        "endpoint_ms",
+        "asr_final_ms",
+        "llm_first_token_ms",
+        "first_audio_ready_ms",
+        "voice_to_voice_ms",
+        "audio_voice_to_voice_ms",
+        "compute_ms",
+        "overhead_ms",
+    ]
+    summary = {
+        k: {"p50": pct([t.get(k) for t in turns], 0.5), "p90": pct([t.get(k) for t in turns], 0.9)}
+        for k in keys
+    }
     stops = [r["barge_in_stop_ms"] for r in barge_runs if "barge_in_stop_ms" in r]
     diffs = [r["word_diff"] for r in barge_runs if "word_diff" in r]
     summary["barge_in_stop_ms"] = {"p50": pct(stops, 0.5), "p90": pct(stops, 0.9)}
@@ -179,12 +207,22 @@ async def main() -> None:
     for k in [*keys, "barge_in_stop_ms"]:
         print(f"  {k:26s} {summary[k]['p50']!s:>8} {summary[k]['p90']!s:>8}")
     print(f"  interrupted history = played words +-1: {summary['heard_words_within_1']}")
-    print("targets: overhead <= 50 ms p50; barge-in stop <= 150 ms p90; heard words +-1 in every run")
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"summary": summary, "turns": turns, "barge_ins": barge_runs,
-                               "load_times": engine.load_times}, indent=2))
-    print(f"wrote {out}")
+    print(
+        "targets: overhead <= 50 ms p50; barge-in stop <= 150 ms p90; heard words +-1 in every run"
+    )
+    report = {
+        "summary": summary,
+        "turns": turns,
+        "barge_ins": barge_runs,
+        "load_times": engine.load_times,
+    }
+    print(f"wrote {await asyncio.to_thread(_write, Path(args.json), report)}")
+
+
+def _write(path: Path, report: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    return path
 
 
 if __name__ == "__main__":

@@ -129,6 +129,8 @@ class Session:
         self._input_ready = asyncio.Event()
         self._input_dropped = 0
         self._samples = 0  # 16 kHz samples processed: the input timeline
+        if self.frames is not None:
+            self.frames.clock = lambda: self._samples / RATE  # camera on/off by the input timeline
         self._arrival: tuple[int, float] = (0, 0.0)  # (sample count, clock) at the last push
         self._recent: deque[np.ndarray] = deque()
         self._recent_samples = 0
@@ -280,6 +282,11 @@ class Session:
             self.frames.add(frame, self._samples / RATE)
         except SeetalkError as exc:
             self.emit(ev.error(exc.to_event_error()))
+
+    def camera_stopped(self) -> None:
+        """The camera track ended: its frames are forgotten (the model sees none)."""
+        if self.frames is not None:
+            self.frames.stop()
 
     async def feed_audio(self, samples: np.ndarray, rate: int, channels: int = 1) -> None:
         """Process audio now, in order (file sessions on a virtual clock)."""

@@ -275,6 +275,9 @@ class Peer:
             try:
                 frame = await track.recv()
             except MediaStreamError:
+                stopped = getattr(self.session, "camera_stopped", None)
+                if stopped is not None:
+                    stopped()
                 return
             self.last_media = self._clock()
             self.counters["video_frames_in"] += 1

@@ -150,6 +150,8 @@ def words_of(text: str) -> list[str]:
 @pytest.fixture
 def normalize_words():
     return words_of
+
+
 # --- end voice fixtures ---
 
 
@@ -208,8 +210,14 @@ async def seetalk_server():
         port = _server_free_port()
         cfg = dataclasses.replace(server_cfg or ServerConfig(), port=port)
         app = create_app(engine, cfg, **kwargs)
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, ws="websockets-sansio",
-                                log_level="warning", lifespan="on")
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            ws="websockets-sansio",
+            log_level="warning",
+            lifespan="on",
+        )
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve())
         running.append((server, task))
@@ -236,9 +244,16 @@ def replay_engine():
 
 
 BROWSER_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
     "--autoplay-policy=no-user-gesture-required",
     "--disable-features=WebRtcHideLocalIpsWithMdns",
 ]
@@ -286,10 +301,26 @@ def camera_y4m(tmp_path_factory):
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg is not installed")
     path = tmp_path_factory.mktemp("camera") / "camera.y4m"
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i",
-                    "testsrc=size=640x480:rate=15", "-t", "2", "-pix_fmt", "yuv420p", str(path)],
-                   check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=640x480:rate=15",
+            "-t",
+            "2",
+            "-pix_fmt",
+            "yuv420p",
+            str(path),
+        ],
+        check=True,
+    )
     return path
+
+
 # --- end server fixtures ---
 
 
@@ -622,6 +653,8 @@ async def realtime_server():
         server.should_exit = True
     for _server, task in running:
         await asyncio.wait_for(task, 20)
+
+
 # --- end realtime fixtures ---
 
 
