@@ -215,6 +215,7 @@ async def barge_in(d: Driver, story: np.ndarray, interrupt: np.ndarray) -> dict[
         "heard_ms": heard_ms,
         "truncated_transcript": getattr(truncated, "transcript", None),
         "item_id": item_id,
+        "t_started": t_started,
     }
 
 

@@ -79,6 +79,8 @@ async def test_openai_client_spoken_conversation_and_barge_in(
         assert len(b["truncated_transcript"] or "") <= len(said)
 
         # bad input over the same socket: error events with the event_id; the session goes on
+        # (first let the interrupting utterance end, so the buffer really is empty)
+        await d.wait_for("input_audio_buffer.committed", 60, since=b["t_started"])
         await conn.send({"type": "input_audio_buffer.commit", "event_id": "evt_empty"})
         _, err = await d.wait_for("error", 10, where=lambda e: e.error.event_id == "evt_empty")
         assert err.error.code == "input_audio_buffer_commit_empty"
