@@ -80,6 +80,14 @@ def voiced_spans(audio: np.ndarray, rate: int, level: float = 0.01) -> list[tupl
     return spans
 
 
+def silent_from(audio: np.ndarray, start: int, length: int) -> int:
+    """The first sample at or after ``start`` that begins ``length`` exact zeros."""
+    nonzero = np.flatnonzero(audio[start:] != 0)
+    gaps = np.diff(np.concatenate([[-1], nonzero, [audio.size - start]]))
+    i = int(np.argmax(gaps > length))
+    return start + (int(nonzero[i - 1]) + 1 if i > 0 else 0)
+
+
 def words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9']+", text.lower())
 
@@ -136,10 +144,10 @@ async def barge_in_turn(
     if not truncated or not started:
         result["missed"] = "the reply was not playing when the interruption came"
         return result
-    # The reply's audio: from its first sound to the last sound before the person spoke on.
+    # The reply's audio: from its first sound to where it goes digitally silent after the
+    # onset (a cleared buffer plays exact zeros; the voice's own pauses are not exact zeros).
     reply_start = next(i for i in np.flatnonzero(out > 0.005)) / rate
-    before = np.flatnonzero(out[: int((onset + 1.0) * rate)] > 0.005)
-    stopped = (before[-1] + 1) / rate if before.size else onset
+    stopped = silent_from(run.audio, int(onset * rate), int(0.3 * rate)) / rate
     result["barge_in_stop_ms"] = round((stopped - onset) * 1000, 1)
     barge = run.of_type("seetalk.barge_in")
     result["event_stop_ms"] = barge[0]["stopped_ms"] - barge[0]["onset_ms"] if barge else None

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 RATE = 16_000  # the models' input rate
 INPUT_QUEUE_CHUNKS = 150  # about 3 s of 20 ms frames; overflow policy: drop the oldest
 EVENT_QUEUE_MAX = 2000  # overflow policy: drop the oldest event
+NOT_UNDERSTOOD = "Sorry, I didn't catch that. Could you say it again?"
 RECENT_S = 2.0  # audio kept before an utterance starts (prefix padding comes from it)
 
 
@@ -153,26 +154,29 @@ class Session:
         self.emit(ev.session_created(self.describe()))
 
     async def aclose(self) -> None:
-        """End the session: cancel and await every task it owns. Idempotent."""
+        """End the session: cancel and await every task it owns. Idempotent.
+
+        Every task is cancelled before anything is awaited, so even when the caller is
+        cancelled meanwhile nothing is left running; that cancellation is re-raised."""
         if self.closed:
             return
         self.closed = True
-        await self._recognizer.aclose()
-        tasks = list(self._tasks)
+        current = asyncio.current_task()
+        tasks = [task for task in self._tasks if task is not current]
         for task in tasks:
             task.cancel()
-        current = asyncio.current_task()
-        for task in tasks:
-            if task is current:
-                continue
-            try:
-                await task
-            except asyncio.CancelledError:
-                if current is not None and current.cancelling():
-                    raise
-            except Exception:  # noqa: BLE001
-                log.exception("session task failed at close")
+        interrupted = False
+        try:
+            await self._recognizer.aclose()
+        except asyncio.CancelledError:
+            interrupted = True
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception):
+                log.error("session %s task failed at close", self.id, exc_info=result)
         self._tasks.clear()
+        if interrupted:
+            raise asyncio.CancelledError
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` as a task owned by this session."""
@@ -394,6 +398,8 @@ class Session:
                     self._respond()
                 case tt.DiscardUtterance():
                     self._discard_utterance()
+                case tt.NotUnderstood():
+                    self._say(NOT_UNDERSTOOD)
                 case tt.PauseReply(reply_id=rid, onset=onset):
                     self._pause_reply(rid, onset)
                 case tt.InterruptReply(reply_id=rid):
@@ -563,6 +569,15 @@ class Session:
         self.turns.reply_started(reply.id)
         self._speaker.announce(reply)
         self._run(reply)
+
+    def _say(self, text: str) -> None:
+        """Speak a fixed line as a reply (no model); it enters history like any reply."""
+        reply = self._new_reply(held=False)
+        reply.times.final_ready = self._final_clock
+        self._reply = reply
+        self.turns.reply_started(reply.id)
+        self._speaker.announce(reply)
+        self._speaker.say(reply, text)
 
     def _find_reply(self, reply_id: str) -> Reply | None:
         for reply in (self._reply, self._held):

@@ -81,13 +81,23 @@ class Speaker:
         on_images_dropped: Callable[[str], None] | None = None,
     ) -> None:
         """Start generating and speaking ``reply``. Held replies synthesize but stay silent."""
-        self._consumed[reply.id] = 0
-        self._queued[reply.id] = 0
-        self._flushing[reply.id] = asyncio.Lock()
+        self._track(reply)
         self._gen[reply.id] = self.spawn(
             self._generate(reply, messages, settings, on_images_dropped)
         )
         self._synth[reply.id] = self.spawn(self._synthesize(reply))
+
+    def say(self, reply: Reply, text: str) -> None:
+        """Speak ``text`` as ``reply``, without the model."""
+        self._track(reply)
+        reply.append_text(text)
+        reply.generation_done = True
+        self._synth[reply.id] = self.spawn(self._synthesize(reply))
+
+    def _track(self, reply: Reply) -> None:
+        self._consumed[reply.id] = 0
+        self._queued[reply.id] = 0
+        self._flushing[reply.id] = asyncio.Lock()
 
     def announce(self, reply: Reply) -> None:
         """Emit the events that open a response (at creation, or when a held one is adopted)."""

@@ -57,6 +57,10 @@ _HALLUCINATIONS = frozenset(
 )
 
 
+# An utterance this long that yields no clear words was speech we failed to understand.
+UNCLEAR_MIN_S = 1.0
+
+
 def normalize(text: str) -> str:
     """Lower-case words without punctuation, for comparing transcripts."""
     return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
@@ -131,6 +135,11 @@ class DiscardUtterance:
 
 
 @dataclass(frozen=True)
+class NotUnderstood:
+    """A long utterance that held no clear words: ask the person to say it again."""
+
+
+@dataclass(frozen=True)
 class PauseReply:
     """Barge-in: stop the reply's audio now (it may resume). ``onset`` is the speech onset."""
 
@@ -169,6 +178,7 @@ Action = (
     | AdoptPreemptive
     | Respond
     | DiscardUtterance
+    | NotUnderstood
     | PauseReply
     | InterruptReply
     | ResumeReply
@@ -197,6 +207,7 @@ class TurnTaker:
         self._reply: str | None = None  # the current reply, once created
         self._audible = False
         self._barge: _Barge | None = None
+        self._spoken_s = 0.0  # length of the utterance being finalized
 
     # --- settings and state ----------------------------------------------------------------
 
@@ -281,6 +292,7 @@ class TurnTaker:
     def _end_of_turn(self, end: float) -> list[Action]:
         assert self._utterance_start is not None
         self._finalizing = True
+        self._spoken_s = end - self._utterance_start
         return [EndOfTurn(self._utterance_start, end)]
 
     # --- transcripts ---------------------------------------------------------------------
@@ -323,7 +335,11 @@ class TurnTaker:
             if self._barge is not None:
                 actions.append(ResumeReply(self._barge.reply_id))
                 self._barge = None
-            actions.append(DiscardUtterance())
+                actions.append(DiscardUtterance())
+            else:
+                actions.append(DiscardUtterance())
+                if self._reply is None and self._spoken_s >= UNCLEAR_MIN_S:
+                    actions.append(NotUnderstood())  # someone spoke at length: not noise
             return actions
         if self._barge is not None:
             actions.append(self._interrupt())

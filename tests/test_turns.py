@@ -227,3 +227,15 @@ def test_a_minute_of_conversation_runs_in_milliseconds() -> None:
             taker.reply_ended(rid)
         t += 1.0
     assert not taker.in_utterance and not taker.barge_pending
+
+
+def test_a_long_utterance_without_clear_words_asks_to_repeat() -> None:
+    taker = tt.TurnTaker(TurnSettings())
+    taker.speech_started(1.0)
+    taker.speech_stopped(3.0)  # two seconds of speech, transcribed as nothing we trust
+    run_silence(taker, 3.0, 3.5)
+    assert kinds(taker.final("")) == ["DiscardUtterance", "NotUnderstood"]
+    taker.speech_started(5.0)
+    taker.speech_stopped(5.3)  # a short noise is only discarded
+    run_silence(taker, 5.3, 5.8)
+    assert kinds(taker.final("")) == ["DiscardUtterance"]
