@@ -135,7 +135,8 @@ async def barge_in_turn(
     onset_i = int((1 + first.size / RATE + at_s) * RATE)
     audio[onset_i : onset_i + second.size] = second
     run = await run_session(engine, audio, RATE, max_tail_s=1.0)
-    onset = voiced_spans(audio, RATE)[-1][0]
+    # The interruption's first sound (it may hold pauses: take the span where it begins).
+    onset = next(a for a, _ in voiced_spans(audio, RATE) if a >= onset_i / RATE - 0.05)
     out = np.abs(run.audio.astype(np.float32)) / 32768
     rate = run.rate
     result: dict = {"story": story, "interruption": interruption}

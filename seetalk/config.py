@@ -21,6 +21,10 @@ class ModelConfig:
 
     - ``vad``: path to a Silero VAD ``.onnx`` file.
     - ``asr``: ``"base"`` (default), ``"tiny.en"``, or a path to a CTranslate2 whisper directory.
+    - ``asr_partial``: a smaller, faster model for partial transcripts while the person speaks
+      (default ``"tiny.en"``), so the final pass (``asr``) starts at the first silence instead of
+      waiting for a partial; ``""`` uses ``asr`` for both. English-only: set ``""`` for other
+      languages.
     - ``voice``: path to a piper ``.onnx`` voice (its ``.onnx.json`` config beside it).
     - ``llm``: path to a GGUF file for the in-process llama.cpp backend.
     - ``llm_base_url``: an OpenAI-compatible server (vLLM, SGLang, llama.cpp, Ollama, OpenAI, xAI);
@@ -30,6 +34,7 @@ class ModelConfig:
 
     vad: str | None = None
     asr: str = "base"
+    asr_partial: str = "tiny.en"
     voice: str | None = None
     llm: str | None = None
     llm_base_url: str | None = None
@@ -60,7 +65,7 @@ class TurnSettings:
     silence_ms: int = 500
     vad_threshold: float = 0.5
     prefix_padding_ms: int = 300
-    min_speech_ms: int = 96
+    min_speech_ms: int = 64
     min_silence_ms: int = 96
     preemptive: bool = True
     interrupt: bool = True

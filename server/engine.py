@@ -7,6 +7,7 @@ one model's work queues behind itself and never behind another's.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ class Engine:
     cfg: ModelConfig
     vad_path: Path
     transcriber: Transcriber
+    partial_transcriber: Transcriber | None
     synthesizer: Synthesizer
     backend: ChatBackend
     vision: Any = None  # vision.scene notes / frame selection, when loaded
@@ -36,6 +38,11 @@ class Engine:
     )
     tts_executor: concurrent.futures.ThreadPoolExecutor = field(
         default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tts")
+    )
+    asr_partial_executor: concurrent.futures.ThreadPoolExecutor = field(
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="asr-partial"
+        )
     )
     vad_executor: concurrent.futures.ThreadPoolExecutor = field(
         default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vad")
@@ -59,6 +66,7 @@ class Engine:
             cfg=cfg,
             vad_path=resolve_vad(cfg),
             transcriber=Transcriber(resolve_asr(cfg), threads=cfg.asr_threads),
+            partial_transcriber=_partial_transcriber(cfg),
             synthesizer=Synthesizer(onnx, config),
             backend=make_backend(cfg, resolve_llm),
         )
@@ -71,6 +79,7 @@ class Engine:
         """Load every model now, so the first turn does not pay for it."""
         for name, load in (
             ("asr", self.transcriber.load),
+            ("asr_partial", getattr(self.partial_transcriber, "load", lambda: None)),
             ("tts", self.synthesizer.load),
             ("llm", getattr(self.backend, "warmup", lambda: None)),
         ):
@@ -95,8 +104,28 @@ class Engine:
 
     async def aclose(self) -> None:
         await self.backend.aclose()
-        for ex in (self.asr_executor, self.tts_executor, self.vad_executor, self.vision_executor):
+        for ex in self.executors:
             ex.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def executors(self) -> tuple[concurrent.futures.ThreadPoolExecutor, ...]:
+        return (
+            self.asr_executor,
+            self.asr_partial_executor,
+            self.tts_executor,
+            self.vad_executor,
+            self.vision_executor,
+        )
+
+
+def _partial_transcriber(cfg: ModelConfig) -> Transcriber | None:
+    """The model for partial transcripts, when it differs from the final one."""
+    from models.registry import resolve_asr
+
+    if not cfg.asr_partial or cfg.asr_partial == cfg.asr:
+        return None
+    partial_cfg = dataclasses.replace(cfg, asr=cfg.asr_partial)
+    return Transcriber(resolve_asr(partial_cfg), threads=cfg.asr_threads)
 
 
 def _load_vision(cfg: ModelConfig) -> Any:

@@ -49,12 +49,6 @@ class TurnTimes:
         def span(a: float | None, b: float | None) -> float | None:
             return None if a is None or b is None else round((b - a) * 1000, 1)
 
-        def after_endpoint(a: float | None, b: float | None) -> float:
-            # The part of [a, b] that lies after the endpoint: compute on the critical path.
-            if a is None or b is None or self.endpoint is None:
-                return 0.0
-            return max(0.0, b - max(a, self.endpoint))
-
         out: dict[str, float | None] = {
             "endpoint_ms": span(self.speech_end, self.endpoint),
             "asr_final_ms": span(self.endpoint, self.final_ready),
@@ -64,14 +58,30 @@ class TurnTimes:
             "preemptive": 1.0 if self.preemptive else 0.0,
         }
         if self.endpoint is not None and self.first_audio_out is not None:
-            compute = (
-                after_endpoint(self.endpoint, self.final_ready)
-                + after_endpoint(self.llm_start, self.first_clause)
-                + after_endpoint(self.tts_start, self.first_audio_ready)
+            # Model compute on the critical path: the union of the stages' running times
+            # after the endpoint (a preemptive reply's stages overlap recognition).
+            compute = _union_after(
+                self.endpoint,
+                [
+                    (self.endpoint, self.final_ready),
+                    (self.llm_start, self.first_clause),
+                    (self.tts_start, self.first_audio_ready),
+                ],
             )
             out["compute_ms"] = round(compute * 1000, 1)
             out["overhead_ms"] = round((self.first_audio_out - self.endpoint - compute) * 1000, 1)
         return out
+
+
+def _union_after(start: float, spans: list[tuple[float | None, float | None]]) -> float:
+    """Length of the union of ``spans`` clipped to begin at ``start``."""
+    clipped = sorted((max(a, start), b) for a, b in spans if a is not None and b is not None)
+    total, reach = 0.0, start
+    for a, b in clipped:
+        if b > reach:
+            total += b - max(a, reach)
+            reach = b
+    return total
 
 
 @dataclass

@@ -122,7 +122,11 @@ class Session:
         )
         self._vad = VoiceActivity(SileroVad(engine.vad_path), settings.turn)
         self._recognizer = StreamingRecognizer(
-            engine.transcriber, engine.asr_executor, on_partial=self._on_partial
+            engine.transcriber,
+            engine.asr_executor,
+            on_partial=self._on_partial,
+            partial_transcriber=engine.partial_transcriber,
+            partial_executor=engine.asr_partial_executor,
         )
         self._resampler: StreamResampler | None = None
         self._resampler_rate = 0

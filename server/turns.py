@@ -8,8 +8,9 @@ times and checks the actions (see tests/test_turns.py).
 Policy, in short:
 
 * An utterance starts at VAD speech onset. At the first silence the session starts the final
-  transcription speculatively; when that result arrives while the person is still silent, the
-  reply is generated preemptively (held back, not played). Speech resuming discards both.
+  transcription speculatively; when a partial or that result arrives while the person is
+  still silent, the reply is generated preemptively (held back, not played). Speech
+  resuming discards both.
 * The endpoint is ``silence_ms`` of silence. Then the final transcript decides: the same words
   as the preemptive reply -> that reply is adopted and plays at once; other words -> a fresh
   reply; no words -> nothing (a cough is not a turn).
@@ -298,9 +299,12 @@ class TurnTaker:
     # --- transcripts ---------------------------------------------------------------------
 
     def partial(self, text: str) -> list[Action]:
-        if self._barge is not None and has_words(text):
-            return [self._interrupt()]
-        return []
+        """A partial transcript. Words in it confirm a barge-in; one that arrives in the
+        silence after speech starts the reply preemptively (its words may still change:
+        the final transcript decides)."""
+        if self._barge is not None:
+            return [self._interrupt()] if has_words(text) else []
+        return self._preempt(text)
 
     def speculative_final(self, text: str) -> list[Action]:
         """The speculative final transcript is ready (the person was silent when it began)."""
@@ -309,6 +313,9 @@ class TurnTaker:
                 return [self._interrupt()]
             self._barge.heard_nothing = True
             return []
+        return self._preempt(text)
+
+    def _preempt(self, text: str) -> list[Action]:
         if (
             not self.settings.preemptive
             or self._silence_since is None

@@ -669,7 +669,7 @@ def engine():
 
     eng = Engine.load()
     yield eng
-    for ex in (eng.asr_executor, eng.tts_executor, eng.vad_executor, eng.vision_executor):
+    for ex in eng.executors:
         ex.shutdown(wait=False, cancel_futures=True)
 
 

@@ -239,3 +239,20 @@ def test_a_long_utterance_without_clear_words_asks_to_repeat() -> None:
     taker.speech_stopped(5.3)  # a short noise is only discarded
     run_silence(taker, 5.3, 5.8)
     assert kinds(taker.final("")) == ["DiscardUtterance"]
+
+
+def test_a_partial_in_the_silence_starts_the_reply_and_the_final_corrects_it() -> None:
+    taker = tt.TurnTaker(TurnSettings())
+    taker.speech_started(1.0)
+    assert taker.partial("What is the") == []  # still speaking: nothing to preempt
+    taker.speech_stopped(2.0)
+    assert taker.partial("What is the tallest mountain") == [
+        tt.StartPreemptive("What is the tallest mountain")
+    ]
+    # the final pass heard more: the held reply is replaced, then adopted
+    assert kinds(taker.speculative_final("What is the tallest mountain in the world?")) == [
+        "CancelPreemptive",
+        "StartPreemptive",
+    ]
+    run_silence(taker, 2.0, 2.5)
+    assert kinds(taker.final("What is the tallest mountain in the world?")) == ["AdoptPreemptive"]

@@ -309,3 +309,54 @@ async def test_streaming_with_whisper(whisper_base, espeak, normalize_words):
     got = normalize_words(text)
     assert overlap(sentence, got, normalize_words) >= 0.7, text
     assert rec.stats.last_partial_lag_s is not None and rec.stats.last_partial_lag_s < 5.0
+
+
+async def test_a_separate_partial_model_lets_the_final_start_at_once(executor):
+    """With a partial model of its own, a pause starts the final pass at once, even while a
+    partial runs; each model still has at most one inference in flight."""
+    final_model, partial_model = FakeTranscriber(seconds=0.15), FakeTranscriber(seconds=0.3)
+    with ThreadPoolExecutor(max_workers=1) as partial_pool:
+        rec = StreamingRecognizer(
+            final_model,
+            executor,
+            partial_interval_s=0.05,
+            partial_transcriber=partial_model,
+            partial_executor=partial_pool,
+        )
+        rec.begin()
+        for _ in range(10):
+            rec.append(chunk(0.1))
+            await asyncio.sleep(0.03)
+        async with asyncio.timeout(5):
+            while partial_model.in_flight == 0:
+                await asyncio.sleep(0.005)
+        rec.pause()  # a partial is running now
+        await asyncio.sleep(0.01)
+        assert final_model.in_flight == 1
+        text = await rec.speculative_result()
+        assert text == f"final:{SAMPLE_RATE}"
+        assert await rec.finalize() == text and rec.stats.speculative_hit
+        await rec.aclose()
+    assert final_model.max_in_flight == 1 and partial_model.max_in_flight == 1
+    assert {kind for kind, _ in partial_model.calls} == {"partial"}
+    assert {kind for kind, _ in final_model.calls} == {"final"}
+
+
+async def test_silence_after_a_pause_does_not_spoil_the_speculative_final(executor):
+    """Audio keeps coming in the silence before the endpoint; the speculative final still
+    counts, and that silence joins the utterance only if the person speaks again."""
+    fake = FakeTranscriber(seconds=0.05)
+    rec = StreamingRecognizer(fake, executor, partial_interval_s=10)
+    rec.begin()
+    rec.append(chunk(1.0))
+    rec.pause()
+    rec.append(chunk(0.3))  # silence (the fake cannot tell)
+    assert await rec.finalize() == f"final:{SAMPLE_RATE}" and rec.stats.speculative_hit
+    rec.begin()
+    rec.append(chunk(1.0))
+    rec.pause()
+    rec.append(chunk(0.2))
+    rec.resume()  # the pause was inside the utterance: its audio belongs to it
+    rec.append(chunk(0.5))
+    assert await rec.finalize() == f"final:{int(1.7 * SAMPLE_RATE)}"
+    await rec.aclose()

@@ -211,7 +211,10 @@ class RecognizerStats:
 class StreamingRecognizer:
     """Partial and final transcripts of one speaker, one utterance at a time.
 
-    At most one model call is in flight (a partial due while one runs is skipped). Partials
+    At most one model call is in flight per model (a partial due while one runs is skipped).
+    With a separate ``partial_transcriber`` (a smaller, faster model in its own executor),
+    partials and the final pass each have their own lane, so the final starts at the first
+    silence instead of waiting for a partial to end; otherwise they share one lane. Partials
     run on a timer task owned by the recognizer while an utterance is active and not paused,
     each on the audio as it is when it starts. :meth:`pause` (first silence) starts the final
     pass speculatively; :meth:`resume` discards it; :meth:`finalize` reuses it when no audio
@@ -228,15 +231,21 @@ class StreamingRecognizer:
         min_partial_audio_s: float = 0.5,
         on_partial: Callable[[str], None] | None = None,
         prompt: str | None = None,
+        partial_transcriber: SupportsTranscribe | None = None,
+        partial_executor: concurrent.futures.Executor | None = None,
     ) -> None:
         self.transcriber = transcriber
         self.executor = executor
+        self.partial_transcriber = partial_transcriber or transcriber
+        self.partial_executor = partial_executor or executor
+        self._shared = partial_transcriber is None or partial_executor is None
         self.partial_interval_s = partial_interval_s
         self.min_partial_audio_s = min_partial_audio_s
         self.on_partial = on_partial
         self.prompt = prompt
         self.stats = RecognizerStats()
         self._chunks: list[np.ndarray] = []
+        self._silence: list[np.ndarray] = []  # appended while paused
         self._samples = 0
         self._utterance = 0
         self._active = False
@@ -244,7 +253,7 @@ class StreamingRecognizer:
         self._last_append_t = 0.0
         self._last_partial_start: float | None = None
         self._partial_samples = 0  # audio covered by the last partial started
-        self._job: _Job | None = None  # the one inference in flight
+        self._jobs: dict[str, _Job | None] = {"partial": None, "final": None}  # in flight
         self._spec: _Job | None = None  # the speculative final of this pause
         self._want_spec = False
         self._wake = asyncio.Event()
@@ -255,7 +264,15 @@ class StreamingRecognizer:
 
     @property
     def busy(self) -> bool:
-        return self._job is not None
+        return any(job is not None for job in self._jobs.values())
+
+    def _free(self, kind: str) -> bool:
+        """Whether a ``kind`` inference may start now (one per lane; one in all if shared)."""
+        return not self.busy if self._shared else self._jobs[kind] is None
+
+    def _blocking(self, kind: str) -> list[asyncio.Future[str]]:
+        lanes = ("partial", "final") if self._shared else (kind,)
+        return [job.future for k in lanes if (job := self._jobs[k]) is not None]
 
     @property
     def audio_s(self) -> float:
@@ -271,7 +288,7 @@ class StreamingRecognizer:
         if self._closed:
             raise RuntimeError("recognizer is closed")
         self._utterance += 1
-        self._chunks, self._samples = [], 0
+        self._chunks, self._samples, self._silence = [], 0, []
         self._active, self._paused = True, False
         self._last_partial_start, self._partial_samples = None, 0
         self._spec, self._want_spec = None, False
@@ -280,9 +297,16 @@ class StreamingRecognizer:
         self._wake.set()
 
     def append(self, audio16k: np.ndarray) -> None:
-        """Add speech (mono float32 at 16 kHz). Non-blocking."""
+        """Add speech (mono float32 at 16 kHz). Non-blocking.
+
+        While paused the audio is silence after the speech: it is set aside, so the
+        speculative final still covers the whole utterance, and joins it only if speech
+        resumes."""
         a = np.asarray(audio16k, dtype=np.float32).reshape(-1)
         if not self._active or a.size == 0:
+            return
+        if self._paused:
+            self._silence.append(a.copy())
             return
         self._chunks.append(a.copy())
         self._samples += a.size
@@ -295,7 +319,7 @@ class StreamingRecognizer:
         self._paused = True
         if self._spec is not None and self._spec.samples == self._samples:
             return
-        if self._job is None:
+        if self._free("final"):
             self._spec = self._start("final")
         else:
             self._want_spec = True  # started when the running inference ends
@@ -308,6 +332,9 @@ class StreamingRecognizer:
         if self._spec is not None:
             self._spec.discarded = True
             self._spec = None
+        silence, self._silence = self._silence, []
+        for a in silence:
+            self.append(a)
         self._wake.set()
 
     async def finalize(self) -> str:
@@ -324,8 +351,8 @@ class StreamingRecognizer:
             self.stats.speculative_hit = True
             return await asyncio.shield(spec.future)
         self.stats.speculative_hit = False
-        while self._job is not None:
-            await asyncio.wait([self._job.future])
+        while blocking := self._blocking("final"):
+            await asyncio.wait(blocking)
         if self._samples < MIN_AUDIO_S * SAMPLE_RATE:
             return ""
         job = self._start("final")
@@ -346,8 +373,8 @@ class StreamingRecognizer:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise
-        if self._job is not None:
-            await asyncio.wait([self._job.future])
+        if self.busy:
+            await asyncio.wait([job.future for job in self._jobs.values() if job is not None])
 
     async def speculative_result(self) -> str | None:
         """The result of the speculative final started by the last :meth:`pause`, or ``None``
@@ -370,24 +397,27 @@ class StreamingRecognizer:
         if self._spec is not None:
             self._spec.discarded = True
             self._spec = None
-        self._chunks, self._samples = [], 0
+        self._chunks, self._samples, self._silence = [], 0, []
 
     # -- inference -----------------------------------------------------------------------
 
     def _start(self, kind: Literal["partial", "final"]) -> _Job:
-        assert self._job is None, "one inference at a time"
+        assert self._free(kind), "one inference at a time per lane"
         loop = asyncio.get_running_loop()
         audio = self._audio()
-        fn = self.transcriber.transcribe if kind == "final" else self.transcriber.transcribe_partial
-        future = loop.run_in_executor(self.executor, _call, fn, audio, self.prompt)
+        if kind == "final":
+            fn, executor = self.transcriber.transcribe, self.executor
+        else:
+            fn, executor = self.partial_transcriber.transcribe_partial, self.partial_executor
+        future = loop.run_in_executor(executor, _call, fn, audio, self.prompt)
         job = _Job(kind, self._utterance, audio.size, self._last_append_t, future)
-        self._job = job
+        self._jobs[kind] = job
         self.stats.inferences += 1
         future.add_done_callback(lambda f: self._done(job))
         return job
 
     def _done(self, job: _Job) -> None:
-        self._job = None
+        self._jobs[job.kind] = None
         fut = job.future
         if job.kind == "partial" and not fut.cancelled():
             exc = fut.exception()
@@ -403,7 +433,7 @@ class StreamingRecognizer:
                         log.exception("on_partial callback failed")
         elif not fut.cancelled() and fut.exception() is not None:  # marks it retrieved
             log.debug("final transcription failed: %s", fut.exception())
-        if self._want_spec and self._active and self._paused:
+        if self._want_spec and self._active and self._paused and self._free("final"):
             self._want_spec = False
             self._spec = self._start("final")
         self._wake.set()
@@ -415,7 +445,7 @@ class StreamingRecognizer:
                 now=loop.time(),
                 last_start=self._last_partial_start,
                 interval_s=self.partial_interval_s,
-                busy=self._job is not None,
+                busy=not self._free("partial"),
                 listening=self._active and not self._paused,
                 audio_s=self.audio_s,
                 min_audio_s=self.min_partial_audio_s,
