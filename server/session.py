@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from seetalk.clock import Clock, MonotonicClock
-from seetalk.config import SessionSettings, updated
-from seetalk.errors import ConfigError, InvalidEvent, SeetalkError
+from seetalk.config import SessionSettings
+from seetalk.errors import InvalidEvent, SeetalkError
+from server import client_events
 from server import events as ev
 from server import turns as tt
 from server.audio_out import AudioOutput
 from server.conversation import Conversation, Item
 from server.reply import Reply
+from server.session_update import describe_session
 from server.speaker import Busy, Speaker
 from vision.backends import ChatMessage, GenerationSettings
 from voice.asr import StreamingRecognizer
@@ -207,6 +209,11 @@ class Session:
             )
 
     @property
+    def input_time(self) -> float:
+        """Seconds of input audio processed: the input timeline."""
+        return self._samples / RATE
+
+    @property
     def quiet(self) -> bool:
         """Nobody speaks and nothing is pending: no utterance, reply or model work."""
         return (
@@ -225,43 +232,14 @@ class Session:
     def emit(self, event: dict[str, Any]) -> None:
         self.events.put(event)
 
+    async def handle_client_event(self, event: dict[str, Any]) -> None:
+        """Act on a client event (OpenAI Realtime shape): see :mod:`server.client_events`.
+        Anything wrong becomes an ``error`` event; the session goes on."""
+        await client_events.handle(self, event)
+
     def describe(self) -> dict[str, Any]:
         """The session object of ``session.created``/``session.updated`` (OpenAI shape)."""
-        turn = self.settings.turn
-        detection = (
-            None
-            if turn.mode == "none"
-            else {
-                "type": "server_vad",
-                "threshold": turn.vad_threshold,
-                "prefix_padding_ms": turn.prefix_padding_ms,
-                "silence_duration_ms": turn.silence_ms,
-                "create_response": True,
-                "interrupt_response": turn.interrupt,
-            }
-        )
-        return {
-            "type": "realtime",
-            "id": self.id,
-            "object": "realtime.session",
-            "model": "seetalk",
-            "instructions": self.settings.instructions,
-            "output_modalities": ["audio"],
-            "audio": {
-                "input": {
-                    "format": {"type": "audio/pcm", "rate": 24000},
-                    "turn_detection": detection,
-                },
-                "output": {
-                    "format": {"type": "audio/pcm", "rate": 24000},
-                    "voice": self.settings.voice,
-                },
-            },
-            "seetalk": {
-                "turn": {k: getattr(turn, k) for k in turn.__dataclass_fields__},
-                "output_rate": self.settings.output_rate,
-            },
-        }
+        return describe_session(self.id, self.settings)
 
     # --- input -----------------------------------------------------------------------------
 
@@ -656,202 +634,3 @@ class Session:
         self.emit(ev.item_done(item.to_event_item(), previous))
         self.emit(ev.output_audio_stopped(reply.id))
         self.emit(ev.response_done(reply.id, reply.status, [item.to_event_item()], err=reply.error))
-
-    # --- client events ------------------------------------------------------------------
-
-    async def handle_client_event(self, event: dict[str, Any]) -> None:
-        """Act on a client event (OpenAI Realtime shape). Anything wrong becomes an ``error``
-        event; the session goes on."""
-        event_id = event.get("event_id") if isinstance(event, dict) else None
-        try:
-            if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-                raise InvalidEvent(
-                    "an event is a JSON object with a string 'type'",
-                    code="invalid_event",
-                    param="type",
-                )
-            handler = _HANDLERS.get(event["type"])
-            if handler is None:
-                raise InvalidEvent(
-                    f"unknown event type {event['type']!r}", code="unknown_event_type", param="type"
-                )
-            await handler(self, event)
-        except SeetalkError as exc:
-            exc.event_id = exc.event_id or (event_id if isinstance(event_id, str) else None)
-            self.emit(ev.error(exc.to_event_error()))
-
-    async def _on_session_update(self, event: dict[str, Any]) -> None:
-        session = event.get("session")
-        if not isinstance(session, dict):
-            raise InvalidEvent("session.update needs a 'session' object", param="session")
-        self.settings = updated(self.settings, session_changes(session))
-        self.turns.update_settings(self.settings.turn)
-        self.emit(ev.session_updated(self.describe()))
-
-    async def _on_item_create(self, event: dict[str, Any]) -> None:
-        item = event.get("item")
-        if not isinstance(item, dict) or item.get("type", "message") != "message":
-            raise InvalidEvent("conversation.item.create needs a message 'item'", param="item")
-        role = item.get("role")
-        if role not in ("user", "assistant", "system"):
-            raise InvalidEvent("item.role must be user, assistant or system", param="item.role")
-        content = item.get("content")
-        if not isinstance(content, list) or not content:
-            raise InvalidEvent("item.content must be a non-empty list", param="item.content")
-        texts: list[str] = []
-        images: list[bytes] = []
-        for part in content:
-            if not isinstance(part, dict):
-                raise InvalidEvent("each content part is an object", param="item.content")
-            kind = part.get("type")
-            if kind in ("input_text", "text", "output_text"):
-                if not isinstance(part.get("text"), str):
-                    raise InvalidEvent("a text part needs 'text'", param="item.content.text")
-                texts.append(part["text"])
-            elif kind == "input_image":
-                from vision.images import decode_data_url  # type: ignore[import-not-found]
-
-                images.append(decode_data_url(part.get("image_url")))
-            elif kind == "input_audio" and isinstance(part.get("transcript"), str):
-                texts.append(part["transcript"])
-            else:
-                raise InvalidEvent(f"unsupported content part {kind!r}", param="item.content.type")
-        given = item.get("id")
-        item_id = given if isinstance(given, str) and given else ev.new_id("item")
-        new = Item(
-            item_id,
-            "assistant" if role == "assistant" else "user",
-            " ".join(texts),
-            images=tuple(images),
-            source="text",
-        )
-        previous = self.conversation.add(new)
-        self.emit(ev.item_added(new.to_event_item(), previous))
-        self.emit(ev.item_done(new.to_event_item(), previous))
-
-    async def _on_response_create(self, event: dict[str, Any]) -> None:
-        self._final_clock = self.clock.now()
-        self._endpoint_clock = self._final_clock
-        self._speech_end_clock = self._final_clock
-        self._respond()
-
-    async def _on_response_cancel(self, event: dict[str, Any]) -> None:
-        reply = self._reply
-        if reply is None:
-            return  # nothing to cancel is not an error (OpenAI clients send it freely)
-        self._interrupt_reply(reply.id, "client_cancelled")
-
-    async def _on_input_commit(self, event: dict[str, Any]) -> None:
-        if not self.turns.in_utterance:
-            raise InvalidEvent(
-                "the input audio buffer is empty", code="input_audio_buffer_commit_empty"
-            )
-        self._speech_end_clock = self.clock.now()
-        self._apply(self.turns.commit(self._samples / RATE))
-
-    async def _on_input_clear(self, event: dict[str, Any]) -> None:
-        if self.turns.in_utterance:
-            self.turns.final("")
-        self._discard_utterance()
-
-    async def _on_item_truncate(self, event: dict[str, Any]) -> None:
-        item_id, end_ms = event.get("item_id"), event.get("audio_end_ms")
-        if not isinstance(item_id, str):
-            raise InvalidEvent("item_id is required", param="item_id")
-        if not isinstance(end_ms, int) or isinstance(end_ms, bool) or end_ms < 0:
-            raise InvalidEvent("audio_end_ms must be a non-negative integer", param="audio_end_ms")
-        candidates = [self._reply, *self._finished]
-        reply = next((r for r in candidates if r is not None and r.item_id == item_id), None)
-        item = self.conversation.get(item_id)
-        if reply is None and (item is None or item.role != "assistant"):
-            raise InvalidEvent(
-                f"no assistant audio item {item_id!r}", code="item_not_found", param="item_id"
-            )
-        if reply is None:
-            raise InvalidEvent(f"item {item_id!r} has no audio to truncate", param="item_id")
-        position = min(reply.total_samples, end_ms * reply.rate // 1000)
-        if reply.status == "in_progress":
-            reply.played = min(reply.played, position)
-            self._interrupt_reply(reply.id, "client_cancelled")
-        heard = reply.heard_text(position)
-        target = self.conversation.get(item_id)
-        if target is not None:
-            target.text, target.interrupted = heard, True
-        self.emit(ev.item_truncated(item_id, end_ms, heard))
-
-    async def _on_item_delete(self, event: dict[str, Any]) -> None:
-        item_id = event.get("item_id")
-        if not isinstance(item_id, str) or not self.conversation.delete(item_id):
-            raise InvalidEvent(f"no item {item_id!r}", code="item_not_found", param="item_id")
-        self.emit(ev.item_deleted(item_id))
-
-    async def _on_output_clear(self, event: dict[str, Any]) -> None:
-        reply = self.audio_out.clear()
-        if reply is not None:
-            self.emit(ev.output_audio_cleared(reply.id))
-
-
-_HANDLERS = {
-    "session.update": Session._on_session_update,
-    "conversation.item.create": Session._on_item_create,
-    "response.create": Session._on_response_create,
-    "response.cancel": Session._on_response_cancel,
-    "input_audio_buffer.commit": Session._on_input_commit,
-    "input_audio_buffer.clear": Session._on_input_clear,
-    "conversation.item.truncate": Session._on_item_truncate,
-    "conversation.item.delete": Session._on_item_delete,
-    "output_audio_buffer.clear": Session._on_output_clear,
-}
-
-
-def session_changes(session: dict[str, Any]) -> dict[str, Any]:
-    """Map an OpenAI ``session.update`` session object onto :class:`SessionSettings` changes.
-
-    ``instructions``, ``audio.output.voice``, ``audio.input.turn_detection`` (``server_vad``
-    with ``threshold``, ``prefix_padding_ms``, ``silence_duration_ms``, ``interrupt_response``;
-    or ``null`` for client-committed turns), ``max_output_tokens``, and the extension
-    ``seetalk`` (any :class:`SessionSettings` fields, e.g. ``{"turn": {"preemptive": false}}``).
-    """
-    changes: dict[str, Any] = {}
-    turn: dict[str, Any] = {}
-    if "instructions" in session:
-        changes["instructions"] = session["instructions"]
-    if "max_output_tokens" in session:
-        value = session["max_output_tokens"]
-        changes["max_output_tokens"] = 4096 if value == "inf" else value
-    audio = session.get("audio") or {}
-    if not isinstance(audio, dict):
-        raise ConfigError("session.audio must be an object", param="session.audio")
-    output = audio.get("output") or {}
-    if isinstance(output, dict) and "voice" in output:
-        changes["voice"] = output["voice"] if isinstance(output["voice"], str) else "default"
-    inp = audio.get("input") or {}
-    if isinstance(inp, dict) and "turn_detection" in inp:
-        td = inp["turn_detection"]
-        if td is None:
-            turn["mode"] = "none"
-        elif isinstance(td, dict):
-            if td.get("type", "server_vad") not in ("server_vad", "semantic_vad"):
-                raise ConfigError(
-                    "turn_detection.type must be server_vad", param="turn_detection.type"
-                )
-            turn["mode"] = "server_vad"
-            for src, dst in (
-                ("threshold", "vad_threshold"),
-                ("prefix_padding_ms", "prefix_padding_ms"),
-                ("silence_duration_ms", "silence_ms"),
-                ("interrupt_response", "interrupt"),
-            ):
-                if src in td:
-                    turn[dst] = td[src]
-        else:
-            raise ConfigError("turn_detection must be an object or null", param="turn_detection")
-    extension = session.get("seetalk") or {}
-    if not isinstance(extension, dict):
-        raise ConfigError("session.seetalk must be an object", param="session.seetalk")
-    changes.update({k: v for k, v in extension.items() if k != "turn"})
-    if isinstance(extension.get("turn"), dict):
-        turn.update(extension["turn"])
-    if turn:
-        changes["turn"] = turn
-    return changes

@@ -389,37 +389,9 @@ class RealtimeFakeSession:
         self.events.put_nowait(event)
 
     def describe(self):
-        turn = self.settings.turn
-        detection = (
-            None
-            if turn.mode == "none"
-            else {
-                "type": "server_vad",
-                "threshold": turn.vad_threshold,
-                "prefix_padding_ms": turn.prefix_padding_ms,
-                "silence_duration_ms": turn.silence_ms,
-                "create_response": True,
-                "interrupt_response": turn.interrupt,
-            }
-        )
-        return {
-            "type": "realtime",
-            "id": self.id,
-            "object": "realtime.session",
-            "model": "seetalk",
-            "instructions": self.settings.instructions,
-            "output_modalities": ["audio"],
-            "audio": {
-                "input": {
-                    "format": {"type": "audio/pcm", "rate": 24000},
-                    "turn_detection": detection,
-                },
-                "output": {
-                    "format": {"type": "audio/pcm", "rate": 24000},
-                    "voice": self.settings.voice,
-                },
-            },
-        }
+        from server.session_update import describe_session
+
+        return describe_session(self.id, self.settings)
 
     async def start(self):
         from server import events
