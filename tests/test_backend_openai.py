@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -370,3 +371,56 @@ async def test_real_llama_server_with_a_text_only_model_rejects_images(
     # and the text-only retry works
     assert await collect(backend, FRANCE, max_tokens=10)
     await backend.aclose()
+
+
+@pytest.mark.models
+async def test_images_reach_a_real_server_in_the_openai_message_format(
+    llama_server_url: str,
+) -> None:
+    """A byte-level proxy in front of the real llama_cpp.server records what the backend
+    sends: the images travel as OpenAI ``image_url`` parts with base64 JPEG data URLs."""
+    from urllib.parse import urlsplit
+
+    upstream = urlsplit(llama_server_url)
+    sent = bytearray()
+
+    async def pipe(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, record: bool
+    ) -> None:
+        try:
+            while data := await reader.read(65536):
+                if record:
+                    sent.extend(data)
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(upstream.hostname, upstream.port)
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+
+    proxy = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = proxy.sockets[0].getsockname()[1]
+    backend = OpenAIChatBackend(f"http://127.0.0.1:{port}/v1", timeout_s=30)
+    try:
+        with pytest.raises(ImagesRejected):  # a text-only model, but the request is what counts
+            await collect(backend, WITH_IMAGES, max_tokens=5)
+    finally:
+        await backend.aclose()
+        proxy.close()
+        await proxy.wait_closed()
+    head, _, body = bytes(sent).partition(b"\r\n\r\n")
+    assert head.startswith(b"POST /v1/chat/completions")
+    request = json.loads(body[: int(re.search(rb"(?i)content-length: (\d+)", head).group(1))])
+    user = next(m for m in request["messages"] if m["role"] == "user")
+    parts = user["content"]
+    images = [p["image_url"]["url"] for p in parts if p["type"] == "image_url"]
+    assert [p for p in parts if p["type"] == "text"] == [
+        {"type": "text", "text": "What do you see?"}
+    ]
+    assert [base64.b64decode(u.split(",", 1)[1]) for u in images] == [JPEG_A, JPEG_B]
+    assert all(u.startswith("data:image/jpeg;base64,") for u in images)
+    assert request["stream"] is True
