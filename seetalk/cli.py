@@ -119,7 +119,7 @@ def _models(args: argparse.Namespace, cfg: ModelConfig) -> int:
         print(json.dumps([r.__dict__ for r in rows], default=str, indent=2))
     else:
         print(format_table(rows))
-    return 0 if all(r.ok for r in rows) or not args.prepare else 1
+    return 0 if all(r.ok for r in rows) else 1
 
 
 def _run_file(args: argparse.Namespace, cfg: ModelConfig) -> int:
