@@ -424,3 +424,26 @@ async def test_images_reach_a_real_server_in_the_openai_message_format(
     assert [base64.b64decode(u.split(",", 1)[1]) for u in images] == [JPEG_A, JPEG_B]
     assert all(u.startswith("data:image/jpeg;base64,") for u in images)
     assert request["stream"] is True
+
+
+async def test_a_stream_cut_before_any_text_is_asked_once_more() -> None:
+    """llama.cpp's server cuts the next stream right after a request it failed on; a
+    text-only request that broke off before any text is sent once more, then given up."""
+    calls = []
+
+    async def handler(req: Request, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        calls.append(req.body["max_tokens"])
+        w.write(SSE_HEAD)
+        if req.body["max_tokens"] == 5 and calls.count(5) == 2:
+            w.write(delta("Paris.") + b"data: [DONE]\n\n")
+        await w.drain()  # otherwise the connection closes with no text
+
+    async with fake_server(handler) as srv:
+        backend = OpenAIChatBackend(srv.url, timeout_s=5)
+        assert await collect(backend, FRANCE, max_tokens=5) == ["Paris."]
+        with pytest.raises(BackendError, match="before the reply was complete"):
+            await collect(backend, FRANCE, max_tokens=6)  # broken twice: an error
+        with pytest.raises(ImagesRejected):
+            await collect(backend, WITH_IMAGES, max_tokens=7)  # images: never retried
+        await backend.aclose()
+    assert calls == [5, 5, 6, 6, 7]

@@ -136,6 +136,23 @@ class OpenAIChatBackend:
         if settings.stop:
             body["stop"] = list(settings.stop)
         images = has_images(messages)
+        for attempt in (1, 2):
+            stream = self._stream_once(body, images, retry=attempt == 1 and not images)
+            try:
+                async with aclosing(stream) as deltas:
+                    async for text in deltas:
+                        yield text
+                return
+            except _BrokeOffEarly:
+                # The server cut the stream before its first token (llama.cpp's server does
+                # so right after it failed on another request): ask once more.
+                continue
+
+    async def _stream_once(
+        self, body: dict[str, Any], images: bool, *, retry: bool
+    ) -> AsyncGenerator[str, None]:
+        """One request. With ``retry``, a stream that breaks off before any text raises
+        :class:`_BrokeOffEarly` instead of :class:`BackendError`."""
         url = f"{self.base_url}/chat/completions"
         answered = False
         try:
@@ -168,6 +185,8 @@ class OpenAIChatBackend:
                             f"{self.name} ended the stream without an answer to a request "
                             "with images (a text-only model?)"
                         )
+                    if retry and not answered:
+                        raise _BrokeOffEarly
                     raise BackendError(
                         f"model server at {self.base_url} ended the stream before the reply "
                         "was complete"
@@ -185,6 +204,8 @@ class OpenAIChatBackend:
                     f"{self.name} broke off a request with images before answering "
                     f"(a text-only model?): {exc!r}"
                 ) from exc
+            if retry and not answered:
+                raise _BrokeOffEarly from exc
             raise BackendError(
                 f"model server at {self.base_url} broke off the reply: {exc!r}"
             ) from exc
@@ -245,3 +266,7 @@ async def _sse_data(lines: AsyncIterator[str]) -> AsyncGenerator[str, None]:
         # comments (":"), "event:", "id:", "retry:" carry nothing we use
     if buf:
         yield "\n".join(buf)
+
+
+class _BrokeOffEarly(Exception):
+    """The stream broke off before any text (internal: the request is tried once more)."""
