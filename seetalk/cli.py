@@ -18,6 +18,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models (default: the embedded models; env SEETALK_* too)")
     g.add_argument("--vad", help="Silero VAD .onnx file")
     g.add_argument("--asr", help="whisper: 'base', 'tiny.en' or a CTranslate2 directory")
+    g.add_argument("--asr-partial", help="whisper for partial transcripts ('tiny.en'; '' = --asr)")
     g.add_argument("--voice", help="piper voice .onnx (its .onnx.json beside it)")
     g.add_argument("--llm", help="GGUF model file for llama.cpp in-process")
     g.add_argument("--mmproj", help="projector GGUF of a local vision-language model")
@@ -30,6 +31,7 @@ def _model_cfg(a: argparse.Namespace) -> ModelConfig:
     return model_config_from_env(
         vad=a.vad,
         asr=a.asr,
+        asr_partial=a.asr_partial,
         voice=a.voice,
         llm=a.llm,
         mmproj=a.mmproj,
