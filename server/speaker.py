@@ -15,14 +15,16 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from seetalk.clock import Clock
 from seetalk.errors import BackendError, ImagesRejected
 from server import events as ev
 from server.audio_out import AudioOutput
 from server.reply import Reply
 from vision.backends import ChatMessage, GenerationSettings
-from voice.audio import float_to_s16, resample
-from voice.tts import ClauseSplitter
+from voice.audio import float_to_s16
+from voice.tts import ClauseSplitter, Synthesizer, synthesize_at
 
 if TYPE_CHECKING:
     from server.engine import Engine
@@ -249,9 +251,8 @@ class Speaker:
             await self.audio_out.write(reply, piece)
 
 
-def _synthesize_clause(synth, text: str, rate: int):  # type: ignore[no-untyped-def]
-    audio = synth.synthesize(text)
-    return float_to_s16(resample(audio, synth.sample_rate, rate))
+def _synthesize_clause(synth: Synthesizer, text: str, rate: int) -> np.ndarray:
+    return float_to_s16(synthesize_at(synth, text, rate))
 
 
 async def _cancel(task: asyncio.Task | None) -> None:

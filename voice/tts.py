@@ -225,7 +225,8 @@ class SpeechChunk:
         return heard_text(self.text, samples_played / max(self.audio.size, 1))
 
 
-def _synth_resampled(synth: Synthesizer, text: str, out_rate: int) -> np.ndarray:
+def synthesize_at(synth: Synthesizer, text: str, out_rate: int) -> np.ndarray:
+    """``text`` spoken by ``synth``, as float32 mono at ``out_rate`` (synchronous)."""
     return resample(synth.synthesize(text), synth.sample_rate, out_rate)
 
 
@@ -247,12 +248,10 @@ async def stream_speech(
     try:
         async for delta in deltas:
             for start, text in splitter.push_spans(delta):
-                audio = await loop.run_in_executor(
-                    executor, _synth_resampled, synth, text, out_rate
-                )
+                audio = await loop.run_in_executor(executor, synthesize_at, synth, text, out_rate)
                 yield SpeechChunk(text, audio, start, out_rate)
         for start, text in splitter.flush_spans():
-            audio = await loop.run_in_executor(executor, _synth_resampled, synth, text, out_rate)
+            audio = await loop.run_in_executor(executor, synthesize_at, synth, text, out_rate)
             yield SpeechChunk(text, audio, start, out_rate)
     finally:
         aclose = getattr(deltas, "aclose", None)
