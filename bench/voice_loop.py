@@ -89,7 +89,8 @@ def silent_from(audio: np.ndarray, start: int, length: int) -> int:
 
 
 def words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9']+", text.lower())
+    """Lower-case words; a number such as 1,819 or 3.5 is one word."""
+    return re.findall(r"[a-z0-9']+(?:[.,][0-9]+)*", text.lower())
 
 
 def pct(values: list[float], q: float) -> float | None:

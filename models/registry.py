@@ -168,6 +168,38 @@ def resolve_voice(cfg: ModelConfig) -> tuple[Path, Path]:
     return onnx, config
 
 
+def aligned_voice(onnx: Path, config: Path) -> tuple[Path, Path]:
+    """The voice with piper's phoneme alignment output added (so the words heard at any
+    playout position come from phoneme timing), built once under the cache; the voice as
+    it is when that cannot be done (no ``onnx`` package, an unusual model)."""
+    import hashlib
+    import logging
+
+    stat = onnx.stat()
+    key = hashlib.sha1(f"{onnx.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+    target = cache_dir() / "voices" / f"{onnx.stem}-{key[:10]}.aligned.onnx"
+    target_config = target.with_name(target.name + ".json")
+    if target.is_file() and target_config.is_file():
+        return target, target_config
+    try:
+        import onnx as onnx_lib
+        from piper.patch_voice_with_alignment import add_alignment_output
+
+        model = onnx_lib.load(str(onnx))
+        add_alignment_output(model)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            tmp_model = Path(tmp) / target.name
+            onnx_lib.save(model, str(tmp_model))
+            shutil.copyfile(config, Path(tmp) / target_config.name)
+            os.replace(Path(tmp) / target_config.name, target_config)
+            os.replace(tmp_model, target)
+    except Exception as exc:  # noqa: BLE001 - timing by characters still works
+        logging.getLogger(__name__).warning("voice without phoneme timing (%s)", exc)
+        return onnx, config
+    return target, target_config
+
+
 # --- language model -----------------------------------------------------------------------
 
 

@@ -58,10 +58,16 @@ class Engine:
         """Resolve every role and (with ``warm``) load the models. Synchronous and slow:
         call it once at start-up, in a thread when a loop is running. Raises
         :class:`~seetalk.errors.ModelNotFound` naming what to install."""
-        from models.registry import resolve_asr, resolve_llm, resolve_vad, resolve_voice
+        from models.registry import (
+            aligned_voice,
+            resolve_asr,
+            resolve_llm,
+            resolve_vad,
+            resolve_voice,
+        )
 
         cfg = cfg or ModelConfig()
-        onnx, config = resolve_voice(cfg)
+        onnx, config = aligned_voice(*resolve_voice(cfg))
         engine = cls(
             cfg=cfg,
             vad_path=resolve_vad(cfg),

@@ -22,6 +22,7 @@ class Segment:
     text: str
     start: int  # first sample, counted from the reply's first sample
     audio: np.ndarray  # int16 mono at the output rate
+    ends: list[float] | None = None  # where each spoken word ends, as fractions of the audio
 
     @property
     def end(self) -> int:
@@ -120,8 +121,8 @@ class Reply:
         self.text += delta
         self.text_changed.set()
 
-    def add_segment(self, text: str, audio: np.ndarray) -> Segment:
-        segment = Segment(text, self.total_samples, audio)
+    def add_segment(self, text: str, audio: np.ndarray, ends: list[float] | None = None) -> Segment:
+        segment = Segment(text, self.total_samples, audio, ends)
         self.segments.append(segment)
         return segment
 
@@ -137,7 +138,8 @@ class Reply:
             if pos >= seg.end:
                 words.append(seg.text.strip())
             elif pos > seg.start:
-                words.append(heard_text(seg.text, (pos - seg.start) / max(1, len(seg.audio))))
+                fraction = (pos - seg.start) / max(1, len(seg.audio))
+                words.append(heard_text(seg.text, fraction, seg.ends))
                 break
             else:
                 break

@@ -23,8 +23,8 @@ from server import events as ev
 from server.audio_out import AudioOutput
 from server.reply import Reply
 from vision.backends import ChatMessage, GenerationSettings
-from voice.audio import float_to_s16
-from voice.tts import ClauseSplitter, Synthesizer, synthesize_at
+from voice.audio import float_to_s16, resample
+from voice.tts import ClauseSplitter, Synthesizer
 
 if TYPE_CHECKING:
     from server.engine import Engine
@@ -225,12 +225,12 @@ class Speaker:
         if reply.times.first_clause is None:
             reply.times.first_clause = reply.times.tts_start = self.clock.now()
         with self.busy():
-            audio = await loop.run_in_executor(
+            audio, ends = await loop.run_in_executor(
                 self.engine.tts_executor, _synthesize_clause, synth, clause, self.audio_out.rate
             )
         if reply.times.first_audio_ready is None:
             reply.times.first_audio_ready = self.clock.now()
-        reply.add_segment(clause, audio)
+        reply.add_segment(clause, audio, ends)
         if not reply.held:
             self.emit(ev.audio_transcript_delta(reply.id, reply.item_id, clause + " "))
             await self._flush(reply)
@@ -251,8 +251,13 @@ class Speaker:
             await self.audio_out.write(reply, piece)
 
 
-def _synthesize_clause(synth: Synthesizer, text: str, rate: int) -> np.ndarray:
-    return float_to_s16(synthesize_at(synth, text, rate))
+def _synthesize_clause(
+    synth: Synthesizer, text: str, rate: int
+) -> tuple[np.ndarray, list[float] | None]:
+    """The clause as int16 at ``rate``, and where each word ends (fractions of its audio)."""
+    audio, ends = synth.synthesize_timed(text)
+    fractions = [e / max(1, audio.size) for e in ends] if ends is not None else None
+    return float_to_s16(resample(audio, synth.sample_rate, rate)), fractions
 
 
 async def _cancel(task: asyncio.Task | None) -> None:

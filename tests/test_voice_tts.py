@@ -207,3 +207,56 @@ async def test_stream_speech_stops_on_cancellation(piper_voice):
     await asyncio.sleep(0.3)
     assert len(got) == n  # nothing more arrives after cancellation
     assert [c.start_char for c in got] == sorted(c.start_char for c in got)
+
+
+# --- phoneme timing ---------------------------------------------------------------------
+
+
+def test_word_ends_from_phoneme_alignments():
+    from voice.tts import word_ends
+
+    # "^ h i , _ y o u . $" with sample counts
+    alignments = [
+        ("^", 100),
+        ("h", 10),
+        ("i", 20),
+        (",", 50),
+        (" ", 5),
+        ("j", 10),
+        ("ˈ", 0),
+        ("u", 30),
+        (".", 40),
+        ("$", 100),
+    ]
+    assert word_ends(alignments) == [130, 225]
+    assert word_ends([("^", 5), ("$", 5)]) == []
+
+
+def test_heard_text_uses_word_ends_when_they_match_the_words():
+    from voice.tts import heard_text
+
+    text = "Paris is lovely, isn't it?"
+    ends = [0.2, 0.3, 0.6, 0.8, 0.95]
+    assert heard_text(text, 0.59, ends) == "Paris is"
+    assert heard_text(text, 0.6, ends) == "Paris is lovely,"
+    assert heard_text(text, 0.1, ends) == ""
+    # "100" is said as two words here: counts differ, so the character estimate is used
+    assert heard_text("It is 100 degrees.", 1.0, [0.2, 0.3, 0.5, 0.7, 0.9]) == "It is 100 degrees."
+
+
+@pytest.mark.models
+def test_aligned_voice_reports_where_each_word_ends(piper_voice, tmp_path, monkeypatch):
+    from models.registry import aligned_voice
+    from voice.tts import Synthesizer
+
+    monkeypatch.setenv("SEETALK_MODEL_CACHE", str(tmp_path))
+    onnx, config = aligned_voice(piper_voice.onnx_path, piper_voice.config_path)
+    assert onnx != piper_voice.onnx_path and onnx.parent.parent == tmp_path
+    assert aligned_voice(piper_voice.onnx_path, piper_voice.config_path)[0] == onnx  # once
+    synth = Synthesizer(onnx, config)
+    text = "The quick brown fox jumps over the lazy dog."
+    audio, ends = synth.synthesize_timed(text)
+    assert ends is not None and len(ends) == 9
+    assert ends == sorted(ends) and 0 < ends[0] and ends[-1] <= audio.size
+    plain, none = piper_voice.synthesize_timed(text)  # the voice as shipped: no timing
+    assert none is None and abs(plain.size - audio.size) < 0.05 * audio.size

@@ -69,10 +69,30 @@ class Synthesizer:
 
     def synthesize(self, text: str) -> np.ndarray:
         """Mono float32 at :attr:`sample_rate`, all sentences of ``text`` joined."""
-        parts = [c.audio_float_array for c in self.load().synthesize(text)]
+        return self.synthesize_timed(text)[0]
+
+    def synthesize_timed(self, text: str) -> tuple[np.ndarray, list[int] | None]:
+        """Like :meth:`synthesize`, with the sample at which each spoken word ends, from
+        piper's phoneme alignments; ``None`` when the voice model does not report them
+        (see :func:`models.registry.aligned_voice`)."""
+        parts: list[np.ndarray] = []
+        ends: list[int] | None = []
+        offset = 0
+        for chunk in self.load().synthesize(text, include_alignments=True):
+            audio = chunk.audio_float_array
+            alignments = chunk.phoneme_alignments
+            if ends is not None and alignments:
+                ends.extend(
+                    offset + e
+                    for e in word_ends([(a.phoneme, int(a.num_samples)) for a in alignments])
+                )
+            else:
+                ends = None
+            parts.append(audio)
+            offset += audio.size
         if not parts:
-            return np.zeros(0, dtype=np.float32)
-        return np.concatenate(parts).astype(np.float32, copy=False)
+            return np.zeros(0, dtype=np.float32), None
+        return np.concatenate(parts).astype(np.float32, copy=False), ends
 
 
 # --- clauses: pure --------------------------------------------------------------------------
@@ -198,8 +218,39 @@ def word_boundaries(text: str) -> list[tuple[str, float]]:
     return [(w, e / total) for w, e in zip(words, ends, strict=True)]
 
 
-def heard_text(chunk_text: str, fraction: float) -> str:
-    """The words of a chunk heard when ``fraction`` (0-1) of its audio was played."""
+_BOUNDARIES = frozenset(" ^$,.;:!?\u2014\u2026")  # between words in piper's phoneme stream
+
+
+def word_ends(alignments: list[tuple[str, int]]) -> list[int]:
+    """The sample at which each word ends, from piper's (phoneme, samples) alignments: words
+    are the runs of phonemes between spaces, punctuation and the start/end marks (pure)."""
+    ends: list[int] = []
+    pos, in_word = 0, False
+    for phoneme, samples in alignments:
+        if phoneme in _BOUNDARIES:
+            if in_word:
+                ends.append(pos)
+            in_word = False
+        else:
+            in_word = True
+        pos += samples
+    if in_word:
+        ends.append(pos)
+    return ends
+
+
+def heard_text(chunk_text: str, fraction: float, ends: list[float] | None = None) -> str:
+    """The words of a chunk heard when ``fraction`` (0-1) of its audio was played.
+
+    With ``ends`` (the fraction of the audio at which each spoken word ends, from the
+    voice's phoneme timing) a word counts once its end has played; when they do not match
+    the text's words (a number read as several words, say) the estimate is by characters."""
+    if ends is not None:
+        tokens = _WORD.findall(chunk_text)
+        spoken = [i for i, w in enumerate(tokens) if any(c.isalnum() for c in w)]
+        if len(spoken) == len(ends):
+            done = [i for i, end in zip(spoken, ends, strict=True) if end <= fraction + 1e-9]
+            return " ".join(tokens[: done[-1] + 1]) if done else ""
     return " ".join(w for w, end in word_boundaries(chunk_text) if end <= fraction + 1e-9)
 
 
