@@ -225,12 +225,7 @@ class PacketCamera(wc.CameraSource):
         self._packets = packets
 
     async def recv(self) -> Any:  # type: ignore[override]
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        due = self._start + self._n / self.fps
-        if due > now:
-            await asyncio.sleep(due - now)
+        await self.pace()
         src = self._packets[self._n % len(self._packets)]
         packet = av.Packet(bytes(src))
         packet.pts = int(self._n * 90_000 / self.fps)

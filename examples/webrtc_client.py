@@ -132,15 +132,19 @@ class CameraSource(MediaStreamTrack):
         self._start: float | None = None
         self._n = 0
 
-    async def recv(self) -> av.VideoFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
+    async def pace(self) -> None:
+        """Wait until the next frame is due (frame ``n`` at ``start + n / fps``)."""
         now = time.monotonic()
         if self._start is None:
             self._start = now
         due = self._start + self._n / self.fps
         if due > now:
             await asyncio.sleep(due - now)
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        await self.pace()
         if self._frames:
             frame = self._frames[self._n % len(self._frames)]
             frame = av.VideoFrame.from_ndarray(frame.to_ndarray(), format="yuv420p")

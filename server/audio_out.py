@@ -45,7 +45,6 @@ class AudioOutput:
         self._data = asyncio.Event()
         self._on_playout = on_playout
         self._current: Reply | None = None
-        self.samples_out = 0  # every sample that left, silence included (paced timeline)
 
     @property
     def buffered_samples(self) -> int:
@@ -83,7 +82,6 @@ class AudioOutput:
                 self._queue.popleft()
             else:
                 self._queue[0] = (reply, samples[take:])
-        self.samples_out += n
         self._after_take()
         return out
 

@@ -106,10 +106,6 @@ class Reply:
     released: asyncio.Event = field(default_factory=asyncio.Event)  # a held reply was adopted
 
     @property
-    def synthesized_chars(self) -> int:
-        return sum(len(s.text) for s in self.segments)
-
-    @property
     def total_samples(self) -> int:
         return self.segments[-1].end if self.segments else 0
 
@@ -144,14 +140,6 @@ class Reply:
             else:
                 break
         return " ".join(w for w in words if w)
-
-    def unplayed_audio(self) -> list[np.ndarray]:
-        """The audio after the playout position, segment by segment (for resuming)."""
-        out = []
-        for seg in self.segments:
-            if seg.end > self.played:
-                out.append(seg.audio[max(0, self.played - seg.start) :])
-        return out
 
     def position_ms(self, position: int | None = None) -> int:
         return int((self.played if position is None else position) * 1000 / self.rate)

@@ -134,10 +134,10 @@ class Session:
         self._resampler_rate = 0
         self._input: deque[np.ndarray] = deque()
         self._input_ready = asyncio.Event()
-        self._input_dropped = 0
+        self.input_dropped = 0  # input chunks dropped by the overflow policy (oldest first)
         self._samples = 0  # 16 kHz samples processed: the input timeline
         if self.frames is not None:
-            self.frames.clock = lambda: self._samples / RATE  # camera on/off by the input timeline
+            self.frames.clock = lambda: self.input_time  # camera on/off by the input timeline
         self._arrival: tuple[int, float] = (0, 0.0)  # (sample count, clock) at the last push
         self._recent: deque[np.ndarray] = deque()
         self._recent_samples = 0
@@ -253,7 +253,7 @@ class Session:
             return
         if len(self._input) >= INPUT_QUEUE_CHUNKS:
             self._input.popleft()
-            self._input_dropped += 1
+            self.input_dropped += 1
         self._input.append(audio)
         self._input_ready.set()
         self.last_activity = self.clock.now()
@@ -265,7 +265,7 @@ class Session:
         if self.closed or self.frames is None:
             return
         try:
-            self.frames.add(frame, self._samples / RATE)
+            self.frames.add(frame, self.input_time)
         except SeetalkError as exc:
             self.emit(ev.error(exc.to_event_error()))
 
@@ -336,7 +336,7 @@ class Session:
             else:
                 self._speech_end_clock = self._clock_at(tr.sample)
                 self._apply(self.turns.speech_stopped(t))
-        self._apply(self.turns.tick(self._samples / RATE))
+        self._apply(self.turns.tick(self.input_time))
 
     def _remember(self, audio: np.ndarray) -> None:
         self._recent.append(audio)
@@ -346,7 +346,7 @@ class Session:
 
     def _recent_audio(self, since: float) -> np.ndarray:
         audio = np.concatenate(list(self._recent)) if self._recent else np.zeros(0, np.float32)
-        keep = int(max(0.0, self._samples / RATE - since) * RATE)
+        keep = int(max(0.0, self.input_time - since) * RATE)
         return audio[-keep:] if keep else audio[:0]
 
     def _clock_at(self, sample: int) -> float:
@@ -572,7 +572,7 @@ class Session:
         if reply is None:
             return
         self.audio_out.clear()
-        now_ms = int(self._samples * 1000 / RATE)
+        now_ms = int(self.input_time * 1000)
         self.emit(ev.output_audio_cleared(reply.id))
         self.emit(ev.reply_paused(reply.id, reply.position_ms()))
         self.emit(ev.barge_in(reply.id, int(onset * 1000), now_ms))

@@ -7,10 +7,10 @@ the answer starts, then a spoken interruption. Fake camera: a y4m test pattern.
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+from browser_util import poll
 
 pytestmark = [pytest.mark.browser, pytest.mark.models]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
@@ -55,22 +55,6 @@ def mic_wav(espeak, tmp_path: Path, question: str, gap_s: float, interruption: s
         check=True,
     )
     return out
-
-
-async def poll(page, js: str, limit_s: float = 15.0, step: float = 0.05):
-    deadline = time.monotonic() + limit_s
-    while True:
-        value = await page.evaluate(js)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            events = await page.evaluate(
-                "window.seetalk.events.map(e => e.type + (e.metrics ? JSON.stringify(e.metrics)"
-                " : '') + (e.response?.status_details ? JSON.stringify(e.response.status_details)"
-                " : '') + ' @' + Math.round(e._t)).join('\\n')"
-            )
-            raise AssertionError(f"timed out waiting for: {js}\nevents: {events}")
-        await page.wait_for_timeout(step * 1000)
 
 
 async def test_browser_conversation_with_barge_in(

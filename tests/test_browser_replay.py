@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser_util import poll
 
 from server.replay import ReplayEngine, tone
 
@@ -34,17 +35,6 @@ def write_wav(path: Path, parts: list[tuple[float, bool]]) -> Path:
         w.setframerate(RATE)
         w.writeframes(np.concatenate(chunks).tobytes())
     return path
-
-
-async def poll(page, js: str, limit_s: float = 15.0, step: float = 0.05):
-    deadline = time.monotonic() + limit_s
-    while True:
-        value = await page.evaluate(js)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {js}")
-        await page.wait_for_timeout(step * 1000)
 
 
 async def test_page_talks_and_is_interrupted(seetalk_server, chromium, camera_y4m, tmp_path):
