@@ -124,11 +124,12 @@ def whisper_base(voice_model_config):
 
 @pytest.fixture(scope="session")
 def piper_voice(voice_model_config):
-    """The default voice (piper en_US-joe-medium), loaded."""
+    """The default voice (piper en_US-joe-medium), loaded, without random variation so a
+    text always sounds the same and tests do not depend on chance."""
     from models.registry import resolve_voice
     from voice.tts import Synthesizer
 
-    synth = Synthesizer(*resolve_voice(voice_model_config))
+    synth = Synthesizer(*resolve_voice(voice_model_config), variation=False)
     synth.load()
     return synth
 

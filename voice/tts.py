@@ -27,8 +27,15 @@ class Synthesizer:
     synchronous and thread-safe: run it in an executor from async code."""
 
     def __init__(
-        self, onnx_path: str | Path, config_path: str | Path | None = None, *, threads: int = 2
+        self,
+        onnx_path: str | Path,
+        config_path: str | Path | None = None,
+        *,
+        threads: int = 2,
+        variation: bool = True,
     ) -> None:
+        """``variation=False`` turns off piper's random variation of timing and timbre, so the
+        same text always gives the same audio (for tests that must not depend on chance)."""
         self.onnx_path = Path(onnx_path)
         self.config_path = (
             Path(config_path)
@@ -41,6 +48,7 @@ class Synthesizer:
         with open(self.config_path, encoding="utf-8") as f:
             self._config: dict[str, Any] = json.load(f)
         self.threads = threads
+        self.variation = variation
         self._voice: Any = None
         self._lock = threading.Lock()
 
@@ -78,7 +86,12 @@ class Synthesizer:
         parts: list[np.ndarray] = []
         ends: list[int] | None = []
         offset = 0
-        for chunk in self.load().synthesize(text, include_alignments=True):
+        syn_config = None
+        if not self.variation:
+            from piper.config import SynthesisConfig
+
+            syn_config = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+        for chunk in self.load().synthesize(text, syn_config, include_alignments=True):
             audio = chunk.audio_float_array
             alignments = chunk.phoneme_alignments
             if ends is not None and alignments:
