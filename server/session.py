@@ -329,6 +329,8 @@ class Session:
         transitions = await loop.run_in_executor(self.engine.vad_executor, self._vad.feed, audio)
         if mode_none:
             return
+        if self.turns.paused and self._vad.peak_prob >= self._vad.gate.neg_threshold:
+            self._recognizer.keep_held()  # not clearly silent: the final must hear it
         for tr in transitions:
             t = tr.sample / RATE
             if tr.kind == "speech_start":

@@ -220,6 +220,11 @@ class TurnTaker:
         return self._utterance_start is not None
 
     @property
+    def paused(self) -> bool:
+        """In an utterance, in the silence after speech (before the endpoint)."""
+        return self._silence_since is not None and not self._finalizing
+
+    @property
     def barge_pending(self) -> bool:
         return self._barge is not None
 

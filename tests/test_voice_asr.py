@@ -360,3 +360,20 @@ async def test_silence_after_a_pause_does_not_spoil_the_speculative_final(execut
     rec.append(chunk(0.5))
     assert await rec.finalize() == f"final:{int(1.7 * SAMPLE_RATE)}"
     await rec.aclose()
+
+
+async def test_audio_after_the_pause_that_is_not_silence_joins_the_final(executor):
+    """A quiet word after the first silence, too weak to bring speech back, must still be
+    heard by the final pass: keep_held() moves it into the utterance."""
+    fake = FakeTranscriber(seconds=0.05)
+    rec = StreamingRecognizer(fake, executor, partial_interval_s=10)
+    rec.begin()
+    rec.append(chunk(1.0))
+    rec.pause()
+    rec.append(chunk(0.2))  # the quiet word
+    rec.keep_held()
+    assert await rec.speculative_result() is None  # it no longer covers the utterance
+    rec.append(chunk(0.3))  # then real silence, set aside
+    assert await rec.finalize() == f"final:{int(1.2 * SAMPLE_RATE)}"
+    assert not rec.stats.speculative_hit
+    await rec.aclose()

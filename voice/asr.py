@@ -337,6 +337,20 @@ class StreamingRecognizer:
             self.append(a)
         self._wake.set()
 
+    def keep_held(self) -> None:
+        """What arrived since the pause was not silence after all (a quiet word that did not
+        bring speech back): it joins the utterance, and the speculative final no longer
+        covers it. The recognizer stays paused."""
+        if not self._active or not self._silence:
+            return
+        silence, self._silence = self._silence, []
+        self._chunks.extend(silence)
+        self._samples += sum(a.size for a in silence)
+        if self._spec is not None:
+            self._spec.discarded = True
+            self._spec = None
+        self._want_spec = False
+
     async def finalize(self) -> str:
         """The final transcript of the whole utterance; ends it (partials stop).
 

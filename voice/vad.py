@@ -171,6 +171,7 @@ class VoiceActivity:
         )
         self._pending = np.zeros(0, dtype=np.float32)
         self.last_prob = 0.0
+        self.peak_prob = 0.0  # the highest probability among the frames of the last feed
         self.samples_seen = 0  # samples consumed into frames
 
     def reset(self) -> None:
@@ -178,6 +179,7 @@ class VoiceActivity:
         self.gate.reset()
         self._pending = np.zeros(0, dtype=np.float32)
         self.last_prob = 0.0
+        self.peak_prob = 0.0  # the highest probability among the frames of the last feed
         self.samples_seen = 0
 
     @property
@@ -189,8 +191,10 @@ class VoiceActivity:
         buf = np.concatenate([self._pending, audio]) if self._pending.size else audio
         n = buf.size // FRAME
         out: list[VadTransition] = []
+        self.peak_prob = 0.0
         for k in range(n):
             self.last_prob = self.vad.prob(buf[k * FRAME : (k + 1) * FRAME])
+            self.peak_prob = max(self.peak_prob, self.last_prob)
             self.samples_seen += FRAME
             t = self.gate.update(self.last_prob)
             if t is not None:
