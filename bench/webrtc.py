@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import fractions
 import json
 import os
 import socket
@@ -192,48 +191,6 @@ async def latency(turns: int) -> dict[str, Any]:
 # --- capacity -------------------------------------------------------------------------------
 
 
-def encode_camera(seconds: float = 4.0, fps: int = 15) -> list[av.Packet]:
-    """A 640x480 moving pattern encoded once as VP8 (keyframe at the loop start)."""
-    codec = av.CodecContext.create("libvpx", "w")
-    codec.width, codec.height, codec.pix_fmt = 640, 480, "yuv420p"
-    codec.time_base = fractions.Fraction(1, fps)
-    codec.bit_rate = 600_000
-    codec.options = {
-        "deadline": "realtime",
-        "cpu-used": "8",
-        "g": str(int(seconds * fps)),
-        "lag-in-frames": "0",
-    }
-    packets: list[av.Packet] = []
-    base = np.zeros((480, 640, 3), np.uint8)
-    base[:, :, 1] = np.linspace(0, 255, 640, dtype=np.uint8)[None, :]
-    for n in range(int(seconds * fps)):
-        img = base.copy()
-        img[:, (n * 8) % 640 : (n * 8) % 640 + 24, 2] = 255
-        frame = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
-        frame.pts = n
-        packets.extend(codec.encode(frame))
-    packets.extend(codec.encode(None))
-    return packets
-
-
-class PacketCamera(wc.CameraSource):
-    """Sends pre-encoded VP8 packets (aiortc packetizes them without encoding)."""
-
-    def __init__(self, packets: list[av.Packet], fps: float = 15.0) -> None:
-        super().__init__(None, 16, 16, fps)
-        self._packets = packets
-
-    async def recv(self) -> Any:  # type: ignore[override]
-        await self.pace()
-        src = self._packets[self._n % len(self._packets)]
-        packet = av.Packet(bytes(src))
-        packet.pts = int(self._n * 90_000 / self.fps)
-        packet.time_base = fractions.Fraction(1, 90_000)
-        self._n += 1
-        return packet
-
-
 async def talk(client: wc.Client, burst: np.ndarray, seconds: float, offset: float) -> None:
     await asyncio.sleep(offset)
     end = time.monotonic() + seconds
@@ -250,7 +207,7 @@ async def capacity(n: int, seconds: float, packets: list[av.Packet]) -> dict[str
         burst = (rng.standard_normal(int(0.6 * 48_000)) * 6000).astype(np.int16)
         clients = [wc.Client(server.url) for _ in range(n)]
         for c in clients:
-            c.camera = PacketCamera(packets)
+            c.camera = wc.PacketCamera(packets)
             await c.connect()
         await asyncio.sleep(2.0)  # settle: ICE, first keyframes
         before = {s["session_id"]: s for s in await server.sessions()}
@@ -316,7 +273,7 @@ async def main() -> None:
             "capacity: MODEL STAGES REPLACED BY A RECORDED-REPLY REPLAYER (server/replay.py); "
             "this measures the media path alone. Each client: mic + 640x480 15 fps VP8."
         )
-        packets = encode_camera()
+        packets = wc.encode_camera()
         results["capacity"] = []
         for n in [int(x) for x in args.capacity.split(",")]:
             r = await capacity(n, args.seconds, packets)

@@ -158,6 +158,51 @@ class CameraSource(MediaStreamTrack):
         return frame
 
 
+def encode_camera(
+    seconds: float = 4.0, fps: int = 15, width: int = 640, height: int = 480
+) -> list[av.Packet]:
+    """A moving pattern encoded once as VP8 (keyframe at the loop start), so a
+    :class:`PacketCamera` can send video without encoding on the client's loop."""
+    codec = av.CodecContext.create("libvpx", "w")
+    codec.width, codec.height, codec.pix_fmt = width, height, "yuv420p"
+    codec.time_base = fractions.Fraction(1, fps)
+    codec.bit_rate = 600_000
+    codec.options = {
+        "deadline": "realtime",
+        "cpu-used": "8",
+        "g": str(int(seconds * fps)),
+        "lag-in-frames": "0",
+    }
+    packets: list[av.Packet] = []
+    base = np.zeros((height, width, 3), np.uint8)
+    base[:, :, 1] = np.linspace(0, 255, width, dtype=np.uint8)[None, :]
+    for n in range(int(seconds * fps)):
+        img = base.copy()
+        img[:, (n * 8) % width : (n * 8) % width + 24, 2] = 255
+        frame = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
+        frame.pts = n
+        packets.extend(codec.encode(frame))
+    packets.extend(codec.encode(None))
+    return packets
+
+
+class PacketCamera(CameraSource):
+    """Sends pre-encoded VP8 packets (aiortc packetizes them without encoding)."""
+
+    def __init__(self, packets: list[av.Packet], fps: float = 15.0) -> None:
+        super().__init__(None, 16, 16, fps)
+        self._packets = packets
+
+    async def recv(self) -> Any:  # type: ignore[override]
+        await self.pace()
+        src = self._packets[self._n % len(self._packets)]
+        packet = av.Packet(bytes(src))
+        packet.pts = int(self._n * 90_000 / self.fps)
+        packet.time_base = fractions.Fraction(1, 90_000)
+        self._n += 1
+        return packet
+
+
 class ReplyRecorder:
     """Reads the reply track: keeps the samples and (arrival time, level) of every frame."""
 

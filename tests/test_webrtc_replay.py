@@ -194,9 +194,10 @@ async def test_camera_sizes_are_bounded(seetalk_server, webrtc_client_module, si
     engine = ReplayEngine()
     srv = await seetalk_server(engine)
     client = webrtc_client_module.Client(srv.url)
-    # A few frames a second: the client's own VP8 encoder runs on this same loop, and at
-    # 4K it alone would starve the loop (the server's decode and conversion are off-loop).
-    client.camera = webrtc_client_module.CameraSource(None, size[0], size[1], fps=3)
+    # Video encoded once, up front: the client then sends packets without encoding, so the
+    # 4K encoder (which would starve this shared process) does not run while audio is measured.
+    packets = webrtc_client_module.encode_camera(1.0, 10, size[0], size[1])
+    client.camera = webrtc_client_module.PacketCamera(packets, fps=10)
     await client.connect()
     try:
         session = engine.sessions[0]
