@@ -275,13 +275,14 @@ async def in_process(args: argparse.Namespace) -> dict[str, Any]:
 
     from seetalk.config import ServerConfig
     from server.app import create_app
-    from server.engine import Engine
+    from conversation.session import Sessions
+    from models.engine import Engine
 
     engine = await asyncio.to_thread(Engine.load)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
-    app = create_app(engine, ServerConfig(port=port))
+    app = create_app(Sessions(engine), ServerConfig(port=port))
     if not any(getattr(r, "path", None) == "/v1/realtime" for r in app.routes):
         from server.realtime_ws import add_realtime_routes
 

@@ -132,8 +132,8 @@ def smollm2_gguf() -> Path:
 
 
 async def answers(describer: SceneDescriber) -> list[dict[str, Any]]:
-    from vision.backend_local import LlamaCppBackend
-    from vision.backends import ChatMessage, GenerationSettings
+    from llm.local import LlamaCppBackend
+    from llm.backend import ChatMessage, GenerationSettings
 
     cases = [
         ("coffee.png (skimage)", coffee(), "What colour is the cup?", "red"),

@@ -49,11 +49,12 @@ from seetalk.config import ServerConfig
 from server.app import create_app
 kind, port = sys.argv[1], int(sys.argv[2])
 if kind == "replay":
-    from server.replay import ReplayEngine
+    from conversation.replay import ReplayEngine
     engine = ReplayEngine(silence_frames=15)
 else:
-    from server.engine import Engine
-    engine = lambda: Engine.load()
+    from conversation.session import Sessions
+    from models.engine import Engine
+    engine = lambda: Sessions(Engine.load())
 app = create_app(engine, ServerConfig(port=port, max_sessions=64), realtime_ws=False)
 uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 """

@@ -1,7 +1,7 @@
 """seetalk: a self-hosted realtime multimodal voice assistant.
 
 The data path reads like the top-level packages: media in -> ``voice`` (VAD, ASR) ->
-``server.turns`` (turn-taking) -> ``vision`` (frames + model) -> ``voice`` (TTS) -> media out.
+``conversation.turns`` (turn-taking) -> ``vision`` (frames + model) -> ``voice`` (TTS) -> media out.
 This package holds what every stage shares: errors, the clock and the command line.
 """
 

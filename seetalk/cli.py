@@ -125,8 +125,8 @@ def _models(args: argparse.Namespace, cfg: ModelConfig) -> int:
 
 
 def _run_file(args: argparse.Namespace, cfg: ModelConfig) -> int:
-    from server.engine import Engine
-    from server.filesession import run_file
+    from models.engine import Engine
+    from conversation.filesession import run_file
 
     settings = SessionSettings()
     if args.silence_ms is not None:

@@ -28,6 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from conversation.contract import SessionSource
 from seetalk.config import ModelConfig, ServerConfig
 from seetalk.errors import ConfigError, SeetalkError, Unauthorized
 from server.auth import Authenticator, bearer
@@ -94,7 +95,7 @@ class Server:
         self.starting = 0
         self.peer_options = peer_options
         self.session_factory = session_factory or (lambda e: e.new_session(playout="paced"))
-        self.owns_engine = not hasattr(engine, "new_session")
+        self.owns_engine = not isinstance(engine, SessionSource)
         self.engine: Any = None if self.owns_engine else engine
         self.factory: Callable[[], Any] | None = engine if self.owns_engine else None
         self.engine_error: str | None = None
@@ -363,9 +364,10 @@ def serve(model_cfg: ModelConfig, server_cfg: ServerConfig, *, log_level: str = 
         raise ConfigError("HTTPS needs both a certificate file and a key file", param="certfile")
 
     def load() -> Any:
-        from server.engine import Engine  # the heavy import happens in the loading thread
+        from conversation.session import Sessions  # heavy imports happen in the loading thread
+        from models.engine import Engine
 
-        return Engine.load(model_cfg)
+        return Sessions(Engine.load(model_cfg))
 
     app = create_app(load, server_cfg)
     scheme = "https" if server_cfg.certfile else "http"

@@ -109,7 +109,7 @@ class Metrics:
     # --- events -----------------------------------------------------------------------------
 
     def observe_event(self, event: Mapping[str, Any]) -> None:
-        """Count one session event (the shapes built by ``server.events``)."""
+        """Count one session event (the shapes built by ``conversation.events``)."""
         kind = event.get("type")
         if kind == "seetalk.turn.metrics":
             self.turns_total += 1

@@ -9,42 +9,11 @@ Python 3.13 removed).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from conversation.protocol import FORMATS, G711_RATE, PCM16, PCM_RATE, PCMA, PCMU, AudioFormat
 from seetalk.errors import BadAudio
 from voice.audio import StreamResampler, float_to_s16
-
-PCM_RATE = 24_000
-G711_RATE = 8_000
-
-
-@dataclass(frozen=True)
-class AudioFormat:
-    """One of the protocol's formats: ``audio/pcm`` (24 kHz), ``audio/pcmu``, ``audio/pcma``."""
-
-    type: str = "audio/pcm"
-
-    @property
-    def rate(self) -> int:
-        return PCM_RATE if self.type == "audio/pcm" else G711_RATE
-
-    @property
-    def bytes_per_sample(self) -> int:
-        return 2 if self.type == "audio/pcm" else 1
-
-    def to_dict(self) -> dict[str, object]:
-        if self.type == "audio/pcm":
-            return {"type": "audio/pcm", "rate": PCM_RATE}
-        return {"type": self.type}
-
-
-PCM16 = AudioFormat("audio/pcm")
-PCMU = AudioFormat("audio/pcmu")
-PCMA = AudioFormat("audio/pcma")
-FORMATS = {f.type: f for f in (PCM16, PCMU, PCMA)}
-
 
 # --- G.711 tables ----------------------------------------------------------------------
 

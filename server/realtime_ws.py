@@ -1,11 +1,11 @@
 """``/v1/realtime``: the WebSocket API that speaks the OpenAI Realtime protocol.
 
-Thin glue between a socket and a :class:`~server.session.Session` in ``push`` playout.
+Thin glue between a socket and a :class:`~conversation.session.Session` in ``push`` playout.
 :func:`add_realtime_routes` adds the route to the app of :func:`server.app.create_app` and
 shares its engine, authenticator, metrics and session limit (its ``peers`` table). One
 :class:`RealtimeConnection` per socket owns three tasks in a TaskGroup:
 
-- *receive*: text or binary frames -> :func:`~server.protocol.parse_client_event` ->
+- *receive*: text or binary frames -> :func:`~conversation.protocol.parse_client_event` ->
   appends decoded (pcm16 24 kHz, G.711 mu-law/A-law 8 kHz) into ``session.push_audio``;
   ``seetalk.input_image.append`` frames into ``session.push_video``; everything else into
   ``session.handle_client_event``. Limits: messages above ``max_message_bytes`` are answered
@@ -44,9 +44,9 @@ from starlette.websockets import WebSocketDisconnect
 
 from seetalk.config import SessionSettings
 from seetalk.errors import BadImage, InvalidEvent, SeetalkError, Unauthorized
-from server import events
+from conversation import events
 from server.auth import bearer
-from server.protocol import (
+from conversation.protocol import (
     ClientEvent,
     ImageAppend,
     InputAudioAppend,

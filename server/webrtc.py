@@ -34,7 +34,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from seetalk.errors import SeetalkError
-from server import events
+from conversation import events
 from server.metrics import Metrics
 from server.tracks import LatestFrame, PacedAudioTrack, frame_to_bgr
 

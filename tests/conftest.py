@@ -184,6 +184,14 @@ def webrtc_client_module():
     return module
 
 
+def _source(engine):
+    """A server's session source: loaded models become :class:`Sessions` on them."""
+    from conversation.session import Sessions
+    from models.engine import Engine
+
+    return Sessions(engine) if isinstance(engine, Engine) else engine
+
+
 class _RunningServer:
     def __init__(self, app, url):
         self.app = app
@@ -210,7 +218,7 @@ async def seetalk_server():
 
         port = _server_free_port()
         cfg = dataclasses.replace(server_cfg or ServerConfig(), port=port)
-        app = create_app(engine, cfg, **kwargs)
+        app = create_app(_source(engine), cfg, **kwargs)
         config = uvicorn.Config(
             app,
             host="127.0.0.1",
@@ -239,7 +247,7 @@ async def seetalk_server():
 
 @pytest.fixture
 def replay_engine():
-    from server.replay import ReplayEngine
+    from conversation.replay import ReplayEngine
 
     return ReplayEngine()
 
@@ -331,7 +339,7 @@ def camera_y4m(tmp_path_factory):
 
 
 class RealtimeFakeAudioOut:
-    """Push playout like ``server.audio_out.AudioOutput.read``; ``clear`` drops it all."""
+    """Push playout like ``conversation.playout.AudioOutput.read``; ``clear`` drops it all."""
 
     def __init__(self):
         import asyncio
@@ -370,7 +378,7 @@ class RealtimeFakeSession:
     def __init__(self, settings):
         import asyncio
 
-        from server import events
+        from conversation import events
 
         self.id = events.new_id("sess")
         self.settings = settings
@@ -390,12 +398,12 @@ class RealtimeFakeSession:
         self.events.put_nowait(event)
 
     def describe(self):
-        from server.session_update import describe_session
+        from conversation.settings import describe_session
 
         return describe_session(self.id, self.settings)
 
     async def start(self):
-        from server import events
+        from conversation import events
 
         self.emit(events.session_created(self.describe()))
 
@@ -412,7 +420,7 @@ class RealtimeFakeSession:
     def push_audio(self, samples, rate, channels=1):
         import numpy as np
 
-        from server import events
+        from conversation import events
 
         self.pushed.append((samples, rate, channels))
         self.buffered += len(samples)
@@ -430,7 +438,7 @@ class RealtimeFakeSession:
         self.video.append((frame.shape, t))
 
     def _error(self, message, code, event, param=None):
-        from server import events
+        from conversation import events
 
         self.emit(
             events.error(
@@ -446,7 +454,7 @@ class RealtimeFakeSession:
 
     async def handle_client_event(self, event):
         from seetalk.config import updated
-        from server import events
+        from conversation import events
 
         self.client_events.append(event)
         kind = event["type"]
@@ -500,7 +508,7 @@ class RealtimeFakeSession:
     def _start_reply(self):
         import asyncio
 
-        from server import events
+        from conversation import events
 
         response_id, item_id = events.new_id("resp"), events.new_id("item")
         task = asyncio.get_running_loop().create_task(self._speak(response_id, item_id))
@@ -513,8 +521,8 @@ class RealtimeFakeSession:
 
         import numpy as np
 
-        from server import events
-        from server.audio_out import OutputChunk
+        from conversation import events
+        from conversation.playout import OutputChunk
 
         item = events.assistant_item(item_id, "")
         self.items[item_id] = item
@@ -539,7 +547,7 @@ class RealtimeFakeSession:
         self._reply = None
 
     def _cancel(self, reason):
-        from server import events
+        from conversation import events
 
         if self._reply is None:
             return
@@ -602,9 +610,9 @@ async def realtime_server():
         import inspect
 
         if "realtime_ws" in inspect.signature(create_app).parameters:
-            app = create_app(engine, cfg, realtime_ws=not route_kwargs)
+            app = create_app(_source(engine), cfg, realtime_ws=not route_kwargs)
         else:
-            app = create_app(engine, cfg)
+            app = create_app(_source(engine), cfg)
         if not any(getattr(r, "path", None) == PATH for r in app.routes):
             add_realtime_routes(app, **route_kwargs)
         config = uvicorn.Config(
@@ -638,7 +646,7 @@ async def realtime_server():
 
 @pytest.fixture(scope="session")
 def engine():
-    from server.engine import Engine
+    from models.engine import Engine
 
     eng = Engine.load()
     yield eng

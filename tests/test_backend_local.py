@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from seetalk.errors import BackendError, ConfigError, ImagesRejected, ModelNotFound
-from vision.backend_local import LlamaCppBackend, chat_handler_class
-from vision.backends import ChatMessage, GenerationSettings
+from llm.local import LlamaCppBackend, chat_handler_class
+from llm.backend import ChatMessage, GenerationSettings
 
 FRANCE = [
     ChatMessage("system", "You are a helpful assistant."),

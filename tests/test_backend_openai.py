@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from seetalk.errors import BackendError, BackendTimeout, ImagesRejected
-from vision.backend_openai import OpenAIChatBackend
-from vision.backends import ChatMessage, GenerationSettings
+from llm.openai_compat import OpenAIChatBackend
+from llm.backend import ChatMessage, GenerationSettings
 
 JPEG_A = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00first-frame\xff\xd9"
 JPEG_B = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00second-frame\xff\xd9"

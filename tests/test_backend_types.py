@@ -9,8 +9,11 @@ import pytest
 
 from seetalk.config import ModelConfig
 from seetalk.errors import ConfigError, ModelNotFound
-from vision import ChatBackend, LlamaCppBackend, OpenAIChatBackend, make_backend
-from vision.backends import ChatMessage, GenerationSettings, openai_messages
+from llm.backend import ChatBackend
+from llm.factory import make_backend
+from llm.local import LlamaCppBackend
+from llm.openai_compat import OpenAIChatBackend
+from llm.backend import ChatMessage, GenerationSettings, openai_messages
 
 
 def test_images_only_on_user_messages() -> None:

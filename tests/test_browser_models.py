@@ -18,7 +18,7 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
 @pytest.fixture(scope="module")
 def engine():
-    from server.engine import Engine
+    from models.engine import Engine
 
     return Engine.load()
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from browser_util import poll
 
-from server.replay import ReplayEngine, tone
+from conversation.replay import ReplayEngine, tone
 
 pytestmark = pytest.mark.browser
 RATE = 48_000

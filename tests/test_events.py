@@ -7,7 +7,7 @@ from openai.types.realtime.realtime_server_event import RealtimeServerEvent
 from pydantic import TypeAdapter
 
 from seetalk.errors import InvalidEvent
-from server import events as ev
+from conversation import events as ev
 
 ADAPTER: TypeAdapter = TypeAdapter(RealtimeServerEvent)
 

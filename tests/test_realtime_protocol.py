@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
 from seetalk.errors import BadAudio, InvalidEvent
-from server.protocol import (
+from conversation.protocol import (
     CLIENT_EVENT_TYPES,
     InputAudioAppend,
     ItemTruncate,

@@ -10,7 +10,7 @@ import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from seetalk.config import ServerConfig
-from server.replay import ReplayEngine
+from conversation.replay import ReplayEngine
 
 
 async def make_offer(audio: bool = True, video: bool = False) -> tuple[RTCPeerConnection, str]:

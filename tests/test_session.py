@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from seetalk.config import SessionSettings
-from server.filesession import run_session
-from server.speaker import APOLOGY
-from vision.backend_openai import OpenAIChatBackend
+from conversation.filesession import run_session
+from conversation.session import Session
+from conversation.speaker import APOLOGY
+from llm.openai_compat import OpenAIChatBackend
 from voice.audio import resample
 
 pytestmark = pytest.mark.models
@@ -119,7 +120,7 @@ async def test_model_server_down_gives_an_error_and_a_spoken_apology(engine, tim
 
 
 async def test_typed_messages_and_bad_client_events(engine):
-    session = engine.new_session(SessionSettings(output_rate=24_000), playout="push")
+    session = Session(engine, SessionSettings(output_rate=24_000), playout="push")
     await session.start()
     try:
         bad = [
@@ -187,7 +188,7 @@ async def test_typed_messages_and_bad_client_events(engine):
 
 
 async def test_response_cancel_stops_the_reply(engine):
-    session = engine.new_session()
+    session = Session(engine, SessionSettings())
     await session.start()
     await session.handle_client_event(
         {

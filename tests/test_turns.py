@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from seetalk.config import TurnSettings
-from server import turns as tt
+from conversation import turns as tt
 
 
 def kinds(actions: list[tt.Action]) -> list[str]:

@@ -4,7 +4,7 @@ file camera shows the photo, the default (scene notes + SmolLM2) answers."""
 import cv2
 import pytest
 
-from server.filesession import run_session
+from conversation.filesession import run_session
 from vision.camera import FileCamera
 
 pytestmark = pytest.mark.models

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.models
 
 @pytest.fixture(scope="module")
 def engine():
-    from server.engine import Engine
+    from models.engine import Engine
 
     return Engine.load()
 

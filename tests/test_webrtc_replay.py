@@ -64,7 +64,7 @@ async def test_conversation_media_both_ways(seetalk_server, replay_engine, webrt
 
 
 async def test_barge_in_stops_audio_as_heard(seetalk_server, webrtc_client_module):
-    from server.replay import ReplayEngine, tone
+    from conversation.replay import ReplayEngine, tone
 
     engine = ReplayEngine(tone(6.0), reply_text="one two three four five six seven eight")
     srv = await seetalk_server(engine)
@@ -189,7 +189,7 @@ async def test_many_sessions_leave_nothing_behind(
 
 @pytest.mark.parametrize("size", [(3840, 2160), (641, 479), (2, 2)])
 async def test_camera_sizes_are_bounded(seetalk_server, webrtc_client_module, size):
-    from server.replay import ReplayEngine
+    from conversation.replay import ReplayEngine
 
     engine = ReplayEngine()
     srv = await seetalk_server(engine)

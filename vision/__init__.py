@@ -1,18 +1,7 @@
-"""Vision and the model: camera frames and chat messages in, reply text out.
+"""Eyes: camera frames in, the frames (or scene notes) that fit a turn out.
 
-The model backends (:mod:`vision.backends`) live here because the same model that answers
-also receives the camera frames.
+:mod:`vision.frames` takes camera frames in, :mod:`vision.select` chooses the ones a turn
+needs (pure), :mod:`vision.scene` turns a frame into short notes for a text-only model, and
+:mod:`vision.images` decodes and encodes images within limits. The model that looks at them
+is in :mod:`llm`.
 """
-
-from vision.backend_local import LlamaCppBackend
-from vision.backend_openai import OpenAIChatBackend
-from vision.backends import ChatBackend, ChatMessage, GenerationSettings, make_backend
-
-__all__ = [
-    "ChatBackend",
-    "ChatMessage",
-    "GenerationSettings",
-    "LlamaCppBackend",
-    "OpenAIChatBackend",
-    "make_backend",
-]

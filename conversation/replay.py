@@ -22,7 +22,7 @@ import numpy as np
 
 from seetalk.config import SessionSettings
 from seetalk.errors import InvalidEvent
-from server import events
+from conversation import events
 
 EVENTS_MAX = 512
 

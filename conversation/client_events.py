@@ -1,4 +1,4 @@
-"""Client events (OpenAI Realtime shape) acting on a :class:`~server.session.Session`.
+"""Client events (OpenAI Realtime shape) acting on a :class:`~conversation.session.Session`.
 
 Anything wrong in an event becomes a typed ``error`` event and the session goes on.
 """
@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 from seetalk.config import updated
 from seetalk.errors import InvalidEvent, SeetalkError
-from server import events as ev
-from server.conversation import Item
-from server.session_update import session_changes
+from conversation import events as ev
+from conversation.history import Item
+from conversation.settings import session_changes
 
 if TYPE_CHECKING:
-    from server.session import Session
+    from conversation.session import Session
 
 
 async def handle(sess: Session, event: dict[str, Any]) -> None:

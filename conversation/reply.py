@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from server.events import new_id
+from conversation.events import new_id
 from voice.tts import heard_text
 
 

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seetalk.clock import Clock
-from seetalk.config import ModelConfig, SessionSettings
-from vision.backends import ChatBackend, make_backend
+from seetalk.config import ModelConfig
+from llm.factory import make_backend
+from llm.backend import ChatBackend
+from vision.scene import SceneDescriber
 from voice.asr import Transcriber
 from voice.tts import Synthesizer
 
@@ -31,7 +32,7 @@ class Engine:
     partial_transcriber: Transcriber | None
     synthesizer: Synthesizer
     backend: ChatBackend
-    vision: Any = None  # vision.scene notes / frame selection, when loaded
+    vision: SceneDescriber | None = None  # scene notes for a model that cannot see
     load_times: dict[str, float] = field(default_factory=dict)
     asr_executor: concurrent.futures.ThreadPoolExecutor = field(
         default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="asr")
@@ -94,20 +95,6 @@ class Engine:
             self.load_times[name] = round(time.perf_counter() - t0, 3)
         log.info("models loaded: %s", self.load_times)
 
-    def new_session(
-        self,
-        settings: SessionSettings | None = None,
-        *,
-        playout: str = "paced",
-        clock: Clock | None = None,
-        session_id: str | None = None,
-    ):  # type: ignore[no-untyped-def]
-        from server.session import Session
-
-        return Session(
-            self, settings or SessionSettings(), playout=playout, clock=clock, session_id=session_id
-        )
-
     async def aclose(self) -> None:
         await self.backend.aclose()
         for ex in self.executors:
@@ -134,9 +121,5 @@ def _partial_transcriber(cfg: ModelConfig) -> Transcriber | None:
     return Transcriber(resolve_asr(partial_cfg), threads=cfg.asr_threads)
 
 
-def _load_vision(cfg: ModelConfig) -> Any:
-    try:
-        from vision.scene import SceneDescriber  # type: ignore[import-not-found]
-    except ImportError:
-        return None
+def _load_vision(cfg: ModelConfig) -> SceneDescriber:
     return SceneDescriber.from_config(cfg)

@@ -32,7 +32,7 @@ from seetalk.errors import (
     ModelNotFound,
     SeetalkError,
 )
-from vision.backends import ChatMessage, GenerationSettings, has_images, openai_messages
+from llm.backend import ChatMessage, GenerationSettings, has_images, openai_messages
 
 _END = object()
 _POLL_S = 0.05

@@ -12,7 +12,7 @@ but seetalk does not use (``tracing``, ``noise_reduction``, ``transcription``, `
 ``unknown_parameter``, as the hosted API does. docs/realtime.md lists every code.
 
 :meth:`SessionUpdate.engine_dict` is the update as the session takes it (it maps the fields
-onto ``SessionSettings`` itself, ``server.session.session_changes``).
+onto ``SessionSettings`` itself, ``conversation.session.session_changes``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from seetalk.errors import InvalidEvent
-from server.realtime_codec import FORMATS, AudioFormat
 
 Json = dict[str, Any]
 
@@ -40,6 +39,38 @@ class _Unset:
 
 UNSET: Final = _Unset()
 """A ``session.update`` field that was not given (``None`` means "turn it off")."""
+
+
+# --- audio formats ---
+
+PCM_RATE = 24_000
+G711_RATE = 8_000
+
+
+@dataclass(frozen=True)
+class AudioFormat:
+    """One of the protocol's formats: ``audio/pcm`` (24 kHz), ``audio/pcmu``, ``audio/pcma``."""
+
+    type: str = "audio/pcm"
+
+    @property
+    def rate(self) -> int:
+        return PCM_RATE if self.type == "audio/pcm" else G711_RATE
+
+    @property
+    def bytes_per_sample(self) -> int:
+        return 2 if self.type == "audio/pcm" else 1
+
+    def to_dict(self) -> dict[str, object]:
+        if self.type == "audio/pcm":
+            return {"type": "audio/pcm", "rate": PCM_RATE}
+        return {"type": self.type}
+
+
+PCM16 = AudioFormat("audio/pcm")
+PCMU = AudioFormat("audio/pcmu")
+PCMA = AudioFormat("audio/pcma")
+FORMATS = {f.type: f for f in (PCM16, PCMU, PCMA)}
 
 
 # --- events -------------------------------------------------------------------------------

@@ -1,14 +1,14 @@
 """The model backend interface: chat messages in, streamed text deltas out.
 
-It lives in ``vision`` because the same model later receives camera frames (JPEG bytes on
-user messages). Two implementations:
+The same model receives the camera frames (JPEG bytes on user messages) when it can see.
+Two implementations:
 
-- :class:`vision.backend_local.LlamaCppBackend`: llama-cpp-python in-process (the default,
+- :class:`llm.local.LlamaCppBackend`: llama-cpp-python in-process (the default,
   with the embedded SmolLM2 model);
-- :class:`vision.backend_openai.OpenAIChatBackend`: any OpenAI-compatible server (vLLM,
+- :class:`llm.openai_compat.OpenAIChatBackend`: any OpenAI-compatible server (vLLM,
   SGLang, llama.cpp's server, Ollama, OpenAI, xAI).
 
-:func:`make_backend` picks one from a :class:`~seetalk.config.ModelConfig`.
+:func:`llm.factory.make_backend` picks one from a :class:`~seetalk.config.ModelConfig`.
 
 Errors are the ones of :mod:`seetalk.errors`: :class:`~seetalk.errors.ImagesRejected` when the
 model refuses images (the caller drops them and retries text-only),
@@ -114,29 +114,3 @@ def openai_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
         parts.append({"type": "text", "text": m.text})
         out.append({"role": m.role, "content": parts})
     return out
-
-
-def make_backend(cfg: ModelConfig, resolve_llm: Callable[[ModelConfig], Path]) -> ChatBackend:
-    """The backend ``cfg`` asks for: an OpenAI-compatible server when ``cfg.llm_base_url`` is
-    set, else llama.cpp in-process on the GGUF file ``resolve_llm(cfg)`` returns (with
-    ``cfg.mmproj`` as the vision projector when set). Nothing is loaded or connected yet;
-    ``resolve_llm`` may raise :class:`~seetalk.errors.ModelNotFound`."""
-    if cfg.llm_base_url:
-        from vision.backend_openai import OpenAIChatBackend
-
-        return OpenAIChatBackend(
-            cfg.llm_base_url,
-            api_key=cfg.llm_api_key,
-            model=cfg.llm_model,
-            timeout_s=cfg.llm_timeout_s,
-        )
-    from vision.backend_local import LlamaCppBackend
-
-    mmproj = Path(cfg.mmproj) if cfg.mmproj else None
-    return LlamaCppBackend(
-        resolve_llm(cfg),
-        # An image costs hundreds of tokens of context.
-        n_ctx=4096 if mmproj else 2048,
-        threads=cfg.llm_threads,
-        mmproj_path=mmproj,
-    )

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from server import events as ev
-from vision.backends import ChatMessage
+from conversation import events as ev
+from llm.backend import ChatMessage
 
 
 @dataclass

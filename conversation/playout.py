@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.reply import Reply
+from conversation.reply import Reply
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """A session: one person talking with seetalk, whatever the transport.
 
 Glue only: it moves audio into voice activity detection and recognition, hands what happens
-to the pure :class:`~server.turns.TurnTaker`, and runs the actions it returns (recognize,
+to the pure :class:`~conversation.turns.TurnTaker`, and runs the actions it returns (recognize,
 reply, stop, resume). Transports push input, pull output and read :attr:`Session.events`
 (see docs/session-api.md). Every task is owned by the session and ends with it.
 """
@@ -20,21 +20,20 @@ import numpy as np
 from seetalk.clock import Clock, MonotonicClock
 from seetalk.config import SessionSettings
 from seetalk.errors import InvalidEvent, SeetalkError
-from server import client_events
-from server import events as ev
-from server import turns as tt
-from server.audio_out import AudioOutput
-from server.conversation import Conversation, Item
-from server.reply import Reply
-from server.session_update import describe_session
-from server.speaker import Busy, Speaker
-from vision.backends import ChatMessage, GenerationSettings
+from conversation import client_events
+from conversation import events as ev
+from conversation import turns as tt
+from conversation.playout import AudioOutput
+from conversation.history import Conversation, Item
+from conversation.reply import Reply
+from conversation.settings import describe_session
+from conversation.speaker import Busy, Speaker
+from llm.backend import ChatMessage, GenerationSettings
+from models.engine import Engine
+from vision.frames import FrameIntake
 from voice.asr import StreamingRecognizer
 from voice.audio import StreamResampler, s16_interleaved_to_mono_float
 from voice.vad import SileroVad, VoiceActivity
-
-if TYPE_CHECKING:
-    from server.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +83,6 @@ class TurnVision:
     selection: Any
 
 
-def _frame_intake(settings: SessionSettings) -> Any:
-    try:
-        from vision.frames import FrameIntake  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return FrameIntake(settings)
-
-
 class Session:
     def __init__(
         self,
@@ -116,7 +107,7 @@ class Session:
         self.busy = Busy()
         self.closed = False
         self.last_activity = self.clock.now()
-        self.frames: Any = _frame_intake(settings)  # camera frames (vision/frames.py)
+        self.frames = FrameIntake(settings)  # camera frames (vision/frames.py)
         self._vision: asyncio.Task[TurnVision] | None = None  # what the model sees this turn
         self._tasks: set[asyncio.Task[Any]] = set()
         self._speaker = Speaker(
@@ -233,7 +224,7 @@ class Session:
         self.events.put(event)
 
     async def handle_client_event(self, event: dict[str, Any]) -> None:
-        """Act on a client event (OpenAI Realtime shape): see :mod:`server.client_events`.
+        """Act on a client event (OpenAI Realtime shape): see :mod:`conversation.client_events`.
         Anything wrong becomes an ``error`` event; the session goes on."""
         await client_events.handle(self, event)
 
@@ -636,3 +627,30 @@ class Session:
         self.emit(ev.item_done(item.to_event_item(), previous))
         self.emit(ev.output_audio_stopped(reply.id))
         self.emit(ev.response_done(reply.id, reply.status, [item.to_event_item()], err=reply.error))
+
+
+class Sessions:
+    """Sessions on one set of loaded models: the :class:`~conversation.contract.SessionSource`
+    every transport opens sessions from."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def new_session(
+        self,
+        settings: SessionSettings | None = None,
+        *,
+        playout: str = "paced",
+        clock: Clock | None = None,
+        session_id: str | None = None,
+    ) -> Session:
+        return Session(
+            self.engine,
+            settings or SessionSettings(),
+            playout=playout,
+            clock=clock,
+            session_id=session_id,
+        )
+
+    async def aclose(self) -> None:
+        await self.engine.aclose()

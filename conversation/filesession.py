@@ -19,7 +19,7 @@ import numpy as np
 
 from seetalk.clock import MonotonicClock, VirtualClock
 from seetalk.config import SessionSettings
-from server.engine import Engine
+from models.engine import Engine
 from voice.audio import load_audio_file, write_wav
 
 STEP_S = 0.02
@@ -56,7 +56,7 @@ async def run_session(
     the input ends, go on until the session is quiet, for at most ``max_tail_s``."""
     settings = settings or SessionSettings()
     clock = VirtualClock() if fast else MonotonicClock()
-    session = engine.new_session(settings, clock=clock)
+    session = Session(engine, settings, clock=clock)
     out_rate = settings.output_rate
     n_in, n_out = round(rate * STEP_S), round(out_rate * STEP_S)
     steps_in = -(-audio.size // n_in)

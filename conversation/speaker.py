@@ -1,4 +1,4 @@
-"""Speaking a reply: generation and synthesis tasks for each :class:`~server.reply.Reply`.
+"""Speaking a reply: generation and synthesis tasks for each :class:`~conversation.reply.Reply`.
 
 The model's text streams into the reply; synthesis cuts it into clauses, synthesizes each
 in the voice's executor and queues the audio on the session's :class:`AudioOutput`, unless
@@ -19,15 +19,15 @@ import numpy as np
 
 from seetalk.clock import Clock
 from seetalk.errors import BackendError, ImagesRejected
-from server import events as ev
-from server.audio_out import AudioOutput
-from server.reply import Reply
-from vision.backends import ChatMessage, GenerationSettings
+from conversation import events as ev
+from conversation.playout import AudioOutput
+from conversation.reply import Reply
+from llm.backend import ChatMessage, GenerationSettings
 from voice.audio import float_to_s16, resample
 from voice.tts import ClauseSplitter, Synthesizer
 
 if TYPE_CHECKING:
-    from server.engine import Engine
+    from models.engine import Engine
 
 log = logging.getLogger(__name__)
 

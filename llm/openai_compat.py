@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from seetalk.errors import BackendError, BackendTimeout, ImagesRejected
-from vision.backends import ChatMessage, GenerationSettings, has_images, openai_messages
+from llm.backend import ChatMessage, GenerationSettings, has_images, openai_messages
 
 _IMAGE_WORDS = ("image", "multimodal", "multi-modal", "vision", "mmproj")
 _MAX_ERROR_BODY = 64 * 1024
