@@ -45,7 +45,7 @@ lint:
 	$(VENV)/bin/ruff format --check .
 
 typecheck:
-	$(VENV)/bin/mypy seetalk voice vision conversation llm server models
+	$(VENV)/bin/mypy seetalk voice vision conversation llm server models tests/fakes.py
 
 pytest:
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider

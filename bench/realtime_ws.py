@@ -273,10 +273,10 @@ async def in_process(args: argparse.Namespace) -> dict[str, Any]:
 
     import uvicorn
 
-    from seetalk.config import ServerConfig
-    from server.app import create_app
     from conversation.session import Sessions
     from models.engine import Engine
+    from seetalk.config import ServerConfig
+    from server.app import create_app
 
     engine = await asyncio.to_thread(Engine.load)
     with socket.socket() as sock:

@@ -132,8 +132,8 @@ def smollm2_gguf() -> Path:
 
 
 async def answers(describer: SceneDescriber) -> list[dict[str, Any]]:
-    from llm.local import LlamaCppBackend
     from llm.backend import ChatMessage, GenerationSettings
+    from llm.local import LlamaCppBackend
 
     cases = [
         ("coffee.png (skimage)", coffee(), "What colour is the cup?", "red"),

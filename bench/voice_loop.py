@@ -26,9 +26,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from seetalk.config import SessionSettings  # noqa: E402
-from models.engine import Engine  # noqa: E402
 from conversation.filesession import run_session  # noqa: E402
+from models.engine import Engine  # noqa: E402
+from seetalk.config import SessionSettings  # noqa: E402
 from voice.audio import load_audio_file, resample  # noqa: E402
 
 RATE = 16_000

@@ -7,7 +7,7 @@
    voice = end of its speech -> first audible reply audio received; then, one second into the
    reply, it speaks again; barge-in stop = onset of that speech -> reply audio silent (5 quiet
    frames). Median and p90 over ``--turns`` turns.
-2. Capacity (the model stages replaced by the recorded-reply replayer, server/replay.py, so it
+2. Capacity (the model stages replaced by the recorded-reply replayer, conversation/replay.py, so it
    measures the media path alone): N concurrent clients, each sending microphone audio (a
    speech-like burst every 4 s, answered with recorded audio) and 640x480 15 fps VP8 camera
    video (pre-encoded once so the clients stay cheap). Reports server CPU per session, and
@@ -271,7 +271,7 @@ async def main() -> None:
             print(f"  {name}: median {s['median_ms']} ms, p90 {s['p90_ms']} ms (n={s['n']})")
     if not args.skip_capacity:
         print(
-            "capacity: MODEL STAGES REPLACED BY A RECORDED-REPLY REPLAYER (server/replay.py); "
+            "capacity: MODEL STAGES REPLACED BY A RECORDED-REPLY REPLAYER (conversation/replay.py); "
             "this measures the media path alone. Each client: mic + 640x480 15 fps VP8."
         )
         packets = wc.encode_camera()

@@ -5,6 +5,11 @@ that starts while a reply plays is a barge-in. In real time (the default) each 2
 waits for the wall clock. With ``fast`` the session runs on a virtual clock: each step waits
 instead until no model work is in flight, so model compute takes no time on the timeline.
 Decisions and transcripts are the same; timings differ (replies start right at the endpoint).
+
+With ``echo`` (``seetalk run-file --echo DELAY_MS,GAIN``) a simulated loudspeaker
+(:mod:`voice.loudspeaker`) feeds the session's output back into its input on the same
+timeline: each 20 ms of output is heard ``DELAY_MS`` later, scaled and with a little
+reverberation, added to the recording, as a speakerphone without echo cancellation would.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from conversation.session import Session
+from models.engine import Engine
 from seetalk.clock import MonotonicClock, VirtualClock
 from seetalk.config import SessionSettings
-from models.engine import Engine
 from voice.audio import load_audio_file, write_wav
+from voice.loudspeaker import EchoSpec, Loudspeaker
 
 STEP_S = 0.02
 MAX_TAIL_S = 60.0  # after the input ends, wait at most this long for the reply to finish
@@ -51,9 +58,11 @@ async def run_session(
     settings: SessionSettings | None = None,
     camera: Any = None,
     max_tail_s: float = MAX_TAIL_S,
+    echo: EchoSpec | None = None,
 ) -> FileRun:
     """Play ``audio`` (float32 mono) into a new session and collect what comes out; after
-    the input ends, go on until the session is quiet, for at most ``max_tail_s``."""
+    the input ends, go on until the session is quiet, for at most ``max_tail_s``. With
+    ``echo``, the output comes back into the input through a simulated loudspeaker."""
     settings = settings or SessionSettings()
     clock = VirtualClock() if fast else MonotonicClock()
     session = Session(engine, settings, clock=clock)
@@ -63,6 +72,7 @@ async def run_session(
     max_steps = steps_in + int(max_tail_s / STEP_S)
     out: list[np.ndarray] = []
     run = FileRun(np.zeros(0, np.int16), out_rate)
+    speaker = Loudspeaker(echo, rate) if echo is not None else None
     loop = asyncio.get_running_loop()
     await session.start()
     t0 = loop.time()
@@ -77,12 +87,16 @@ async def run_session(
             chunk = audio[k * n_in : (k + 1) * n_in]
             if chunk.size < n_in:
                 chunk = np.concatenate([chunk, np.zeros(n_in - chunk.size, np.float32)])
+            if speaker is not None:
+                chunk = np.clip(chunk + speaker.hear(chunk.size), -1.0, 1.0)
             await session.feed_audio(chunk, rate, 1)
             if fast:
                 await session.wait_idle()
             else:
                 await asyncio.sleep(max(0.0, t0 + (k + 1) * STEP_S - loop.time()))
             out.append(session.audio_out.pull(n_out))
+            if speaker is not None:
+                speaker.play(out[-1], out_rate)
             _drain(session, run.events, int(round((t + STEP_S) * 1000)))
             if k >= steps_in:
                 quiet_steps = quiet_steps + 1 if session.quiet else 0
@@ -115,10 +129,13 @@ async def run_file(
     fast: bool = False,
     settings: SessionSettings | None = None,
     camera: Any = None,
+    echo: EchoSpec | None = None,
 ) -> FileRun:
     """``seetalk run-file``: read any audio file, run it, write the reply WAV and events."""
     audio, rate = load_audio_file(input_path)
-    run = await run_session(engine, audio, rate, fast=fast, settings=settings, camera=camera)
+    run = await run_session(
+        engine, audio, rate, fast=fast, settings=settings, camera=camera, echo=echo
+    )
     if out_path is not None:
         await asyncio.to_thread(write_wav, out_path, run.audio, run.rate)
     if events_path is not None:

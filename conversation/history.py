@@ -3,6 +3,11 @@
 An interrupted assistant message holds only the words that were played (or, over the
 WebSocket API, what the client reports as heard with ``conversation.item.truncate``),
 and is marked interrupted.
+
+Memory is bounded per session: at most ``MAX_ITEMS`` items (the oldest go first) and at most
+``MAX_IMAGE_BYTES`` of image bytes in all (the oldest images go first; their items and text
+stay, so the model only loses the old pictures, which it is not shown anyway: images go
+with the newest user message that has them).
 """
 
 from __future__ import annotations
@@ -32,12 +37,22 @@ class Item:
         return ev.assistant_item(self.id, self.text, status=status)
 
 
-class Conversation:
-    """Bounded history: at most ``max_items`` are kept (the oldest go first)."""
+MAX_ITEMS = 200
+MAX_IMAGE_BYTES = 32 * 1024 * 1024
 
-    def __init__(self, max_items: int = 200) -> None:
+
+class Conversation:
+    """Bounded history: at most ``max_items`` items and ``max_image_bytes`` of images."""
+
+    def __init__(self, max_items: int = MAX_ITEMS, max_image_bytes: int = MAX_IMAGE_BYTES) -> None:
         self.items: list[Item] = []
         self.max_items = max_items
+        self.max_image_bytes = max_image_bytes
+        self.images_dropped = 0  # images removed from history by the byte budget
+
+    @property
+    def image_bytes(self) -> int:
+        return sum(len(image) for item in self.items for image in item.images)
 
     @property
     def last_id(self) -> str | None:
@@ -48,7 +63,19 @@ class Conversation:
         previous = self.last_id
         self.items.append(item)
         del self.items[: max(0, len(self.items) - self.max_items)]
+        self._trim_images()
         return previous
+
+    def _trim_images(self) -> None:
+        """Drop the oldest images until the history holds at most ``max_image_bytes``."""
+        excess = self.image_bytes - self.max_image_bytes
+        for item in self.items:
+            if excess <= 0:
+                return
+            while item.images and excess > 0:
+                excess -= len(item.images[0])
+                item.images = item.images[1:]
+                self.images_dropped += 1
 
     def get(self, item_id: str) -> Item | None:
         return next((i for i in self.items if i.id == item_id), None)

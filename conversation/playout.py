@@ -27,6 +27,7 @@ class OutputChunk:
     item_id: str
     samples: np.ndarray  # int16 mono
     start: int  # position of the first sample in the reply's audio
+    rate: int = 48_000  # of ``samples``: the reply's rate
 
 
 PlayoutCallback = Callable[[Reply, str], None]  # (reply, "started" | "finished")
@@ -37,6 +38,7 @@ class AudioOutput:
         self, rate: int, *, high_water_s: float = 0.6, on_playout: PlayoutCallback | None = None
     ) -> None:
         self.rate = rate
+        self.high_water_s = high_water_s
         self.high_water = int(rate * high_water_s)
         self._queue: deque[tuple[Reply, np.ndarray]] = deque()
         self._buffered = 0
@@ -45,10 +47,26 @@ class AudioOutput:
         self._data = asyncio.Event()
         self._on_playout = on_playout
         self._current: Reply | None = None
+        # listeners (the session's echo canceller): every sample that leaves, and a clear
+        self.on_audio: Callable[[np.ndarray, int], None] | None = None
+        self.on_clear: Callable[[], None] | None = None
 
     @property
     def buffered_samples(self) -> int:
         return self._buffered
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no reply playing."""
+        return not self._queue and self._current is None
+
+    def set_rate(self, rate: int) -> None:
+        """The rate of the next replies (the session checks that its playout can follow).
+        Audio already queued keeps its own reply's rate."""
+        if rate <= 0:
+            raise ValueError("the output rate must be positive")
+        self.rate = rate
+        self.high_water = int(rate * self.high_water_s)
 
     @property
     def current(self) -> Reply | None:
@@ -83,6 +101,8 @@ class AudioOutput:
             else:
                 self._queue[0] = (reply, samples[take:])
         self._after_take()
+        if self.on_audio is not None:
+            self.on_audio(out, self.rate)
         return out
 
     async def read(self) -> OutputChunk:
@@ -97,7 +117,9 @@ class AudioOutput:
         start = reply.played
         self._advance(reply, len(samples))
         self._after_take()
-        return OutputChunk(reply.id, reply.item_id, samples, start)
+        if self.on_audio is not None:
+            self.on_audio(samples, reply.rate)
+        return OutputChunk(reply.id, reply.item_id, samples, start, reply.rate)
 
     def _advance(self, reply: Reply, n: int) -> None:
         if self._current is not reply:
@@ -134,4 +156,6 @@ class AudioOutput:
         self._buffered = 0
         self._current = None
         self._space.set()
+        if self.on_clear is not None:
+            self.on_clear()
         return reply

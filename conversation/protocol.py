@@ -1,18 +1,24 @@
-"""Client events of the OpenAI Realtime protocol: a pure parser and the session mapping.
+"""Client events of the OpenAI Realtime protocol: the one parser every transport calls.
 
-:func:`parse_client_event` takes one WebSocket message (text or bytes) and returns a small
-frozen dataclass per event type, or raises :class:`InvalidEvent` whose ``code``, ``param``
-and ``event_id`` go straight into the protocol's ``error`` event. No I/O, no clock: the
-WebSocket glue (``server/realtime_ws.py``) decides what to do with each event.
+:func:`parse_client_event` takes one message (WebSocket or data channel, text or bytes) and
+returns a small frozen dataclass per event type, or raises :class:`InvalidEvent` whose
+``code``, ``param`` and ``event_id`` go straight into the protocol's ``error`` event. No I/O,
+no clock. Transports hand the typed event to ``session.handle_client_event`` (the handlers
+are :mod:`conversation.client_events`); only what is really theirs (decoding appended audio
+in the client's format on the WebSocket) they do themselves.
+
+Values are checked here, once: sizes, types, ranges (the ``seetalk`` extension against the
+tables of :mod:`seetalk.config`), and every image's header (pixels, sides, bytes) before
+anything decodes it.
 
 Every client event of ``openai.types.realtime.RealtimeClientEventParam`` is covered, plus
 one extension, ``seetalk.input_image.append`` (a camera frame). Fields the protocol defines
-but seetalk does not use (``tracing``, ``noise_reduction``, ``transcription``, ``speed``,
-``tool_choice``, ...) are accepted and ignored; fields it does not define are rejected with
+but seetalk does not use (``tracing``, ``transcription``, ``speed``, ``tool_choice``, ...)
+are accepted and ignored (``noise_reduction`` is read: ``far_field`` turns server-side echo
+cancellation on, see docs/echo.md); fields it does not define are rejected with
 ``unknown_parameter``, as the hosted API does. docs/realtime.md lists every code.
-
-:meth:`SessionUpdate.engine_dict` is the update as the session takes it (it maps the fields
-onto ``SessionSettings`` itself, ``conversation.session.session_changes``).
+:meth:`ClientEvent.to_dict` writes an event back in its normalized protocol shape (logs,
+tests); no transport or session reads it.
 """
 
 from __future__ import annotations
@@ -24,12 +30,20 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from seetalk.errors import InvalidEvent
+from seetalk.config import (
+    MAX_INSTRUCTIONS_CHARS,
+    SESSION_LIMITS,
+    TURN_LIMITS,
+    Limit,
+    check_setting,
+)
+from seetalk.errors import BadImage, ConfigError, InvalidEvent
+from vision.images import check_image_header
 
 Json = dict[str, Any]
 
 MAX_ID_CHARS: Final = 256
-MAX_TEXT_CHARS: Final = 100_000
+MAX_TEXT_CHARS: Final = MAX_INSTRUCTIONS_CHARS
 
 
 class _Unset:
@@ -84,8 +98,7 @@ class ClientEvent:
     event_id: str | None = field(default=None, kw_only=True)
 
     def to_dict(self) -> Json:
-        """The event as a normalized protocol dict (what the engine's ``handle_client_event``
-        takes; parsing it again gives an equal event)."""
+        """The event as a normalized protocol dict (parsing it again gives an equal event)."""
         d: Json = {"type": self.type}
         if self.event_id is not None:
             d["event_id"] = self.event_id
@@ -134,12 +147,17 @@ class SessionUpdate(ClientEvent):
     input_format: AudioFormat | None = None
     output_format: AudioFormat | None = None
     turn_detection: TurnDetection | None | _Unset = UNSET
-    seetalk: tuple[tuple[str, Any], ...] | None = None  # extension: SessionSettings fields
+    noise_reduction: str | None = None  # audio.input.noise_reduction.type ("far_field" ...)
+    # the extension, checked: SessionSettings fields, and TurnSettings fields under "turn"
+    seetalk: tuple[tuple[str, Any], ...] | None = None
+    seetalk_turn: tuple[tuple[str, Any], ...] | None = None
 
     def _fields(self) -> Json:
         s: Json = {"type": "realtime"}
         if self.seetalk is not None:
             s["seetalk"] = dict(self.seetalk)
+            if self.seetalk_turn is not None:
+                s["seetalk"]["turn"] = dict(self.seetalk_turn)
         for k in ("instructions", "model", "max_output_tokens"):
             if getattr(self, k) is not None:
                 s[k] = getattr(self, k)
@@ -152,6 +170,8 @@ class SessionUpdate(ClientEvent):
         if not isinstance(self.turn_detection, _Unset):
             td = self.turn_detection
             inp["turn_detection"] = None if td is None else td.to_dict()
+        if self.noise_reduction is not None:
+            inp["noise_reduction"] = {"type": self.noise_reduction}
         if self.output_format is not None:
             out["format"] = self.output_format.to_dict()
         if self.voice is not None:
@@ -160,20 +180,6 @@ class SessionUpdate(ClientEvent):
         if audio:
             s["audio"] = audio
         return {"session": s}
-
-    def engine_dict(self) -> Json:
-        """The update for ``Session.handle_client_event``: ``semantic_vad`` becomes
-        ``server_vad`` with a silence duration chosen by its ``eagerness``."""
-        d = self.to_dict()
-        td = self.turn_detection
-        if isinstance(td, TurnDetection) and td.type == "semantic_vad":
-            mapped = TurnDetection(
-                silence_duration_ms=SEMANTIC_SILENCE_MS[td.eagerness or "auto"],
-                create_response=td.create_response,
-                interrupt_response=td.interrupt_response,
-            )
-            d["session"]["audio"]["input"]["turn_detection"] = mapped.to_dict()
-        return d
 
 
 @dataclass(frozen=True)
@@ -355,6 +361,12 @@ def parse_client_event(raw: str | bytes, *, max_bytes: int) -> ClientEvent:
         obj = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
         raise InvalidEvent(f"message is not valid JSON: {exc}", code="invalid_json") from None
+    return parse_client_object(obj)
+
+
+def parse_client_object(obj: object) -> ClientEvent:
+    """An event from an already decoded JSON value (e.g. the initial ``session`` of a WebRTC
+    offer); the checks of :func:`parse_client_event` but size and JSON syntax."""
     if not isinstance(obj, dict):
         raise InvalidEvent("an event must be a JSON object", code="invalid_event")
     event_id = obj.get("event_id")
@@ -542,6 +554,10 @@ def _image(r: _Reader, key: str) -> tuple[str, bytes]:
         raise r.fail(key, f"{r.path + key!r} holds invalid base64", "invalid_base64") from None
     if not (data.startswith(b"\xff\xd8\xff") or data.startswith(b"\x89PNG\r\n\x1a\n")):
         raise r.fail(key, f"{r.path + key!r} is neither a JPEG nor a PNG image", "invalid_image")
+    try:
+        check_image_header(data)  # pixels, sides and bytes, before anything decodes it
+    except BadImage as exc:
+        raise r.fail(key, f"{r.path + key!r}: {exc.message}", "invalid_image") from None
     return url, data
 
 
@@ -714,6 +730,12 @@ def _turn_detection(r: _Reader) -> TurnDetection | None | _Unset:
         return None
     t = td.choice("type", ("server_vad", "semantic_vad"), required=True)
     common = {"type", "create_response", "interrupt_response"}
+    if td.obj.get("create_response") is False:
+        raise td.fail(
+            "create_response",
+            "create_response: false is not supported: seetalk answers every turn",
+            "unsupported",
+        )
     if t == "server_vad":
         td.keys(
             common | {"threshold", "prefix_padding_ms", "silence_duration_ms"},
@@ -785,20 +807,24 @@ def _parse_session_update(r: _Reader) -> SessionUpdate:
         },
         _IGNORED_SESSION,
     )
-    kind = s.choice("type", ("realtime", "transcription"), required=True)
-    if kind != "realtime":
+    kind = s.choice("type", ("realtime", "transcription"))  # absent: realtime
+    if kind == "transcription":
         raise s.fail("type", "transcription sessions are not supported", "unsupported")
     _no_tools(s)
     turn: TurnDetection | None | _Unset = UNSET
     in_fmt = out_fmt = None
-    voice = None
+    voice = noise_reduction = None
     audio = s.sub("audio")
     if audio is not None:
         audio.keys({"input", "output"})
         inp = audio.sub("input")
         if inp is not None:
-            inp.keys({"format", "turn_detection"}, frozenset({"noise_reduction", "transcription"}))
+            inp.keys({"format", "turn_detection", "noise_reduction"}, frozenset({"transcription"}))
             in_fmt = _format(inp.sub("format"))
+            nr = inp.sub("noise_reduction", nullable=True)
+            if nr is not None:
+                nr.keys({"type"})
+                noise_reduction = nr.choice("type", ("near_field", "far_field"))
             turn = _turn_detection(inp)
         out = audio.sub("output")
         if out is not None:
@@ -806,14 +832,10 @@ def _parse_session_update(r: _Reader) -> SessionUpdate:
             out_fmt = _format(out.sub("format"))
             voice = _voice(out)
     ext = s.sub("seetalk")
-    if ext is not None and "output_rate" in ext.obj:
-        raise ext.fail(
-            "output_rate",
-            "the WebSocket API sets the output rate from audio.output.format",
-            "unsupported",
-        )
+    fields, turn_fields = (None, None) if ext is None else _extension(ext)
     return SessionUpdate(
-        seetalk=None if ext is None else tuple(ext.obj.items()),
+        seetalk=fields,
+        seetalk_turn=turn_fields,
         instructions=s.string("instructions", required=False, max_chars=MAX_TEXT_CHARS),
         voice=voice,
         model=s.string("model", required=False),
@@ -822,8 +844,53 @@ def _parse_session_update(r: _Reader) -> SessionUpdate:
         input_format=in_fmt,
         output_format=out_fmt,
         turn_detection=turn,
+        noise_reduction=noise_reduction,
         event_id=r.event_id,
     )
+
+
+_EXTENSION: dict[str, Limit] = {k: v for k, v in SESSION_LIMITS.items() if not k.endswith("format")}
+_FIXED_BY_TRANSPORT = "output_rate"
+
+
+def _extension(
+    ext: _Reader,
+) -> tuple[tuple[tuple[str, Any], ...], tuple[tuple[str, Any], ...] | None]:
+    """The ``seetalk`` extension: :class:`~seetalk.config.SessionSettings` fields (and
+    ``turn``: :class:`~seetalk.config.TurnSettings` fields), each checked against its range.
+    ``output_rate`` is refused on every transport alike: the transport fixes it (48 kHz on
+    WebRTC, ``audio.output.format`` on the WebSocket)."""
+    ext.keys(set(_EXTENSION) | {"turn"})
+    if _FIXED_BY_TRANSPORT in ext.obj:
+        raise ext.fail(
+            _FIXED_BY_TRANSPORT,
+            "the output rate is fixed by the transport for the whole session (48 kHz on "
+            "WebRTC; audio.output.format on the WebSocket API) and cannot be set",
+            "unsupported",
+        )
+    fields = tuple((k, _setting(ext, k, _EXTENSION[k])) for k in ext.obj if k != "turn")
+    turn = ext.sub("turn")
+    if turn is None:
+        return fields, None
+    turn.keys(set(TURN_LIMITS))
+    return fields, tuple((k, _setting(turn, k, TURN_LIMITS[k])) for k in turn.obj)
+
+
+_KINDS: dict[type, tuple[tuple[type, ...], str]] = {
+    bool: ((bool,), "a boolean"),
+    int: ((int,), "an integer"),
+    float: ((int, float), "a number"),
+    str: ((str,), "a string"),
+}
+
+
+def _setting(r: _Reader, key: str, limit: Limit) -> Any:
+    types, tname = _KINDS[limit[0]]
+    value = r.get(key, types, tname, required=True)
+    try:
+        return check_setting(key, value, limit)
+    except ConfigError as exc:
+        raise r.fail(key, f"{r.path + key!r}: {exc.message}") from None
 
 
 def _parse_image_append(r: _Reader) -> ImageAppend:

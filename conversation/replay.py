@@ -20,9 +20,18 @@ from typing import Any
 
 import numpy as np
 
+from conversation import events
+from conversation.contract import SessionSource, TransportSession
+from conversation.playout import OutputChunk
+from conversation.protocol import (
+    ClientEvent,
+    ItemCreate,
+    ResponseCancel,
+    ResponseCreate,
+    SessionUpdate,
+)
 from seetalk.config import SessionSettings
 from seetalk.errors import InvalidEvent
-from conversation import events
 
 EVENTS_MAX = 512
 
@@ -35,12 +44,18 @@ def tone(seconds: float = 1.5, rate: int = 48_000, hz: float = 440.0) -> np.ndar
 
 
 class ReplayAudioOut:
-    """Paced playout of one reply at a time; ``clear`` drops everything unplayed."""
+    """Playout of one reply at a time, paced (``pull``) or pushed (``read``, 100 ms chunks);
+    ``clear`` drops everything unplayed."""
 
     def __init__(self, session: ReplaySession) -> None:
         self._session = session
         self._samples = np.zeros(0, dtype=np.int16)
+        self._ready = asyncio.Event()
         self.position = 0
+
+    @property
+    def buffered_samples(self) -> int:
+        return len(self._samples) - self.position
 
     @property
     def playing(self) -> bool:
@@ -48,6 +63,18 @@ class ReplayAudioOut:
 
     def play(self, samples: np.ndarray) -> None:
         self._samples, self.position = samples, 0
+        self._ready.set()
+
+    async def read(self) -> OutputChunk:
+        """The next 100 ms of the reply as soon as one plays (push playout)."""
+        while not self.playing or self._session._reply is None:
+            self._ready.clear()
+            await self._ready.wait()
+        response_id, item_id = self._session._reply
+        rate = self._session.settings.output_rate
+        start = self.position
+        chunk = self.pull(rate // 10)[: max(0, len(self._samples) - start)]
+        return OutputChunk(response_id, item_id, chunk, start, rate)
 
     def clear(self) -> int:
         heard = self.position
@@ -94,7 +121,7 @@ class ReplaySession:
             )
         )
 
-    def push_audio(self, samples: np.ndarray, rate: int, channels: int) -> None:
+    def push_audio(self, samples: np.ndarray, rate: int, channels: int = 1) -> None:
         self.frames_in += 1
         data = np.asarray(samples).reshape(-1)
         self.input_ms += 1000.0 * len(data) / channels / rate
@@ -110,34 +137,38 @@ class ReplaySession:
             if self._speaking and self._quiet >= self.engine.silence_frames:
                 self._speech_stopped()
 
-    def push_video(self, frame_bgr: np.ndarray, t: float) -> None:
+    def push_video(self, frame_bgr: np.ndarray, t: float | None = None) -> None:
         self.video_frames += 1
         self.video_shape = tuple(frame_bgr.shape)
 
-    async def handle_client_event(self, event: dict[str, Any]) -> None:
+    def camera_stopped(self) -> None:
+        self.video_shape = None
+
+    async def handle_client_event(self, event: ClientEvent) -> None:
         self.last_activity = time.monotonic()
-        kind = event.get("type")
-        if kind == "response.cancel":
+        if isinstance(event, ResponseCancel):
             if self._reply is not None:
                 self._interrupt(reason="client_cancelled")
-        elif kind == "conversation.item.create":
-            item = event.get("item") or {}
-            texts = [c.get("text") for c in item.get("content", []) if isinstance(c, dict)]
-            if not any(isinstance(t, str) and t for t in texts):
+        elif isinstance(event, ItemCreate):
+            texts = [p.text for p in event.item.content if p.text]
+            if not texts:
                 raise InvalidEvent(
                     "conversation.item.create needs input_text content",
                     param="item.content",
-                    event_id=event.get("event_id"),
+                    event_id=event.event_id,
                 )
             item_id = events.new_id("item")
             self._emit(events.item_added(events.user_item(item_id, text=texts[0]), None))
-        elif kind == "response.create":
+        elif isinstance(event, ResponseCreate):
             self._respond()
-        elif kind == "session.update":
-            self._emit(events.session_updated(event.get("session") or {}))
+        elif isinstance(event, SessionUpdate):
+            self._emit(events.session_updated(event.to_dict()["session"]))
         else:
             raise InvalidEvent(
-                f"unknown event type {kind!r}", param="type", event_id=event.get("event_id")
+                f"{event.type} is not supported by the replay engine",
+                code="unsupported",
+                param="type",
+                event_id=event.event_id,
             )
 
     async def aclose(self) -> None:
@@ -235,7 +266,7 @@ class ReplayEngine:
         self.closed_sessions = 0
 
     def new_session(
-        self, settings: SessionSettings | None = None, playout: str = "paced"
+        self, settings: SessionSettings | None = None, *, playout: str = "paced"
     ) -> ReplaySession:
         session = ReplaySession(self, settings)
         self.sessions.append(session)
@@ -243,3 +274,11 @@ class ReplayEngine:
 
     async def aclose(self) -> None:
         return None
+
+
+
+def _keeps_the_contract(engine: ReplayEngine) -> None:
+    """Never called: mypy checks here that this is what transports expect."""
+    source: SessionSource = engine
+    session: TransportSession = engine.new_session()
+    del source, session

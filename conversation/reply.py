@@ -1,7 +1,12 @@
-"""One :class:`Reply` per assistant turn: its text, its audio segments and how far it played.
+"""One :class:`Reply` per assistant turn: its text, its audio segments, how far it played,
+its status and the tasks that produce it.
 
-Playout reports carry the reply and the position reached in samples, never a counter, so the
-words the person actually heard can be computed at any moment (:meth:`Reply.heard_text`).
+The reply is the one handle of an assistant turn: the speaker runs its generation and
+synthesis tasks and keeps their progress on it, the playout advances its position, and the
+session decides its status. Playout reports carry the reply and the position reached in
+samples, never a counter, so the words the person actually heard can be computed at any
+moment (:meth:`Reply.heard_text`). ``rate`` is fixed for the reply's life: a change of the
+session's output rate applies to the next reply.
 """
 
 from __future__ import annotations
@@ -104,6 +109,17 @@ class Reply:
     times: TurnTimes = field(default_factory=TurnTimes)
     text_changed: asyncio.Event = field(default_factory=asyncio.Event)
     released: asyncio.Event = field(default_factory=asyncio.Event)  # a held reply was adopted
+    # Progress of the speaker's tasks (see conversation/speaker.py):
+    consumed: int = 0  # characters of ``text`` already cut into clauses
+    queued: int = 0  # samples of its audio already on the output
+    flush_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)  # one writer
+    generation: asyncio.Task | None = field(default=None, repr=False)
+    synthesis: asyncio.Task | None = field(default=None, repr=False)
+    flusher: asyncio.Task | None = field(default=None, repr=False)  # adoption's flush
+
+    @property
+    def ended(self) -> bool:
+        return self.status != "in_progress"
 
     @property
     def total_samples(self) -> int:
@@ -143,3 +159,7 @@ class Reply:
 
     def position_ms(self, position: int | None = None) -> int:
         return int((self.played if position is None else position) * 1000 / self.rate)
+
+    def position_at(self, ms: int) -> int:
+        """The sample ``ms`` milliseconds into the reply's audio (clamped to what exists)."""
+        return max(0, min(self.total_samples, ms * self.rate // 1000))

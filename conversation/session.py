@@ -4,6 +4,12 @@ Glue only: it moves audio into voice activity detection and recognition, hands w
 to the pure :class:`~conversation.turns.TurnTaker`, and runs the actions it returns (recognize,
 reply, stop, resume). Transports push input, pull output and read :attr:`Session.events`
 (see docs/session-api.md). Every task is owned by the session and ends with it.
+
+Speech is never lost: audio a person speaks becomes a turn or an explicit ``error`` event.
+An utterance that starts while the previous one's final pass still holds the recognizer
+waits in memory (bounded by ``MAX_UTTERANCE_S``) and enters the recognizer the moment that
+pass has taken its audio. Input the session cannot keep (a queue overflow, an utterance
+past its maximum length) is reported, never dropped silently.
 """
 
 from __future__ import annotations
@@ -13,32 +19,40 @@ import logging
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from seetalk.clock import Clock, MonotonicClock
-from seetalk.config import SessionSettings
-from seetalk.errors import InvalidEvent, SeetalkError
 from conversation import client_events
 from conversation import events as ev
 from conversation import turns as tt
-from conversation.playout import AudioOutput
+from conversation.contract import SessionSource, TransportSession
+from conversation.echo import SessionEcho
 from conversation.history import Conversation, Item
+from conversation.playout import AudioOutput
+from conversation.protocol import ClientEvent
 from conversation.reply import Reply
 from conversation.settings import describe_session
 from conversation.speaker import Busy, Speaker
 from llm.backend import ChatMessage, GenerationSettings
 from models.engine import Engine
+from seetalk.clock import Clock, MonotonicClock
+from seetalk.config import SessionSettings
+from seetalk.errors import ConfigError, InvalidEvent, SeetalkError
 from vision.frames import FrameIntake
 from voice.asr import StreamingRecognizer
 from voice.audio import StreamResampler, s16_interleaved_to_mono_float
-from voice.vad import SileroVad, VoiceActivity
+from voice.vad import VoiceActivity
+from voice.vad_model import SharedSileroVad
 
 log = logging.getLogger(__name__)
 
 RATE = 16_000  # the models' input rate
-INPUT_QUEUE_CHUNKS = 150  # about 3 s of 20 ms frames; overflow policy: drop the oldest
+# Input audio waiting for the VAD, in seconds; overflow policy: drop the oldest, reported
+# with an ``input_audio_dropped`` error event. A session that fell behind catches up by
+# processing up to INPUT_BATCH_S at once.
+INPUT_QUEUE_S = 60.0
+INPUT_BATCH_S = 1.0
 EVENT_QUEUE_MAX = 2000  # overflow policy: drop the oldest event
 NOT_UNDERSTOOD = "Sorry, I didn't catch that. Could you say it again?"
 RECENT_S = 2.0  # audio kept before an utterance starts (prefix padding comes from it)
@@ -108,12 +122,24 @@ class Session:
         self.closed = False
         self.last_activity = self.clock.now()
         self.frames = FrameIntake(settings)  # camera frames (vision/frames.py)
+        self.frames.clock = lambda: self.input_time  # camera on/off by the input timeline
         self._vision: asyncio.Task[TurnVision] | None = None  # what the model sees this turn
         self._tasks: set[asyncio.Task[Any]] = set()
         self._speaker = Speaker(
-            engine, self.audio_out, self.emit, self.clock, self.busy, self.spawn
+            engine,
+            self.audio_out,
+            self.emit,
+            self.clock,
+            self.busy,
+            self.spawn,
+            on_failed=self._reply_failed,
         )
-        self._vad = VoiceActivity(SileroVad(engine.vad_path), settings.turn)
+        self._vad = VoiceActivity(SharedSileroVad(engine.vad_path), settings.turn)
+        # echo of the reply (docs/echo.md): the output is its reference; per session
+        self.echo = SessionEcho(
+            settings.echo, lambda: self._samples + self._input_samples, queued=playout == "push"
+        )
+        self.audio_out.on_audio, self.audio_out.on_clear = self.echo.played, self.echo.cleared
         self._recognizer = StreamingRecognizer(
             engine.transcriber,
             engine.asr_executor,
@@ -124,11 +150,20 @@ class Session:
         self._resampler: StreamResampler | None = None
         self._resampler_rate = 0
         self._input: deque[np.ndarray] = deque()
+        self._input_samples = 0  # samples in ``_input``
         self._input_ready = asyncio.Event()
+        self._input_lock = asyncio.Lock()  # one writer of the timeline: the loop or a commit
         self.input_dropped = 0  # input chunks dropped by the overflow policy (oldest first)
+        self._drop_reported = False
         self._samples = 0  # 16 kHz samples processed: the input timeline
-        if self.frames is not None:
-            self.frames.clock = lambda: self.input_time  # camera on/off by the input timeline
+        # The recognizer serves one utterance at a time: ended utterances whose final pass
+        # has not taken its audio yet, and utterances waiting behind them (their audio).
+        self._final_holds = 0
+        self._waiting: deque[list[np.ndarray]] = deque()
+        self._open_waits = False  # the open utterance's audio goes to ``_waiting[-1]``
+        self._heard = 0  # samples given to the open utterance
+        self._room = 0  # samples it may take (MAX_UTTERANCE_S and its prefix)
+        self._full_reported = False
         self._arrival: tuple[int, float] = (0, 0.0)  # (sample count, clock) at the last push
         self._recent: deque[np.ndarray] = deque()
         self._recent_samples = 0
@@ -142,7 +177,6 @@ class Session:
         self._utterance_start = 0.0
         self._final_clock: float | None = None
         self._finished: deque[Reply] = deque(maxlen=8)  # ended replies a client may truncate
-        self._manual_audio = False  # turn mode "none": audio since the last commit
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -223,37 +257,96 @@ class Session:
     def emit(self, event: dict[str, Any]) -> None:
         self.events.put(event)
 
-    async def handle_client_event(self, event: dict[str, Any]) -> None:
-        """Act on a client event (OpenAI Realtime shape): see :mod:`conversation.client_events`.
-        Anything wrong becomes an ``error`` event; the session goes on."""
+    async def handle_client_event(self, event: ClientEvent) -> None:
+        """Act on one parsed client event (:func:`conversation.protocol.parse_client_event`);
+        the handlers are :mod:`conversation.client_events`. Anything wrong becomes an
+        ``error`` event; the session goes on."""
         await client_events.handle(self, event)
 
     def describe(self) -> dict[str, Any]:
         """The session object of ``session.created``/``session.updated`` (OpenAI shape)."""
         return describe_session(self.id, self.settings)
 
+    def apply_settings(self, new: SessionSettings) -> None:
+        """Make ``new`` the session's settings, at every stage they govern, or change nothing.
+
+        Checked first, then applied (so a refusal leaves everything as it was):
+
+        - ``output_rate`` cannot change when the playout is paced (a WebRTC track or a file
+          session consumes fixed frames at the rate they opened with); with push playout it
+          applies to the next reply, while replies in flight keep their own rate (every
+          :class:`~conversation.playout.OutputChunk` carries its rate).
+        - ``turn.mode`` cannot change while an utterance is open (commit or clear it first).
+
+        Then: the turn-taker (every ``turn`` field, from the next decision), the VAD gate
+        (``vad_threshold``, ``min_speech_ms``, ``min_silence_ms``, from its next chunk),
+        frame intake (``camera_max_side`` from the next frame, ``jpeg_quality`` and
+        ``max_keyframes`` from the next selection) and the output rate. ``instructions``,
+        ``max_output_tokens``, ``temperature`` and ``history_turns`` are read at each reply;
+        ``prefix_padding_ms`` at each utterance. Raises :class:`ConfigError`.
+        """
+        old = self.settings
+        if new.output_rate != old.output_rate:
+            if new.output_rate <= 0:
+                raise ConfigError("output_rate must be positive", param="output_rate")
+            if self.playout == "paced":
+                raise ConfigError(
+                    f"output_rate cannot change mid-session: the audio is paced at "
+                    f"{old.output_rate} Hz by the transport; choose it when the session opens",
+                    param="output_rate",
+                )
+        if new.turn.mode != old.turn.mode and self.turns.in_utterance:
+            raise ConfigError(
+                "turn detection cannot change while an utterance is in progress: "
+                "commit or clear the input audio buffer first",
+                param="turn_detection",
+            )
+        self.settings = new
+        self.turns.update_settings(new.turn)
+        self._vad.update_settings(new.turn)
+        self.frames.update_settings(new)
+        self.echo.set_mode(new.echo)
+        if new.output_rate != old.output_rate:
+            self.audio_out.set_rate(new.output_rate)
+
     # --- input -----------------------------------------------------------------------------
 
     def push_audio(self, samples: np.ndarray, rate: int, channels: int = 1) -> None:
-        """Queue microphone audio (int16 interleaved or float32). Non-blocking; when the queue
-        is full the oldest audio is dropped (and counted)."""
+        """Queue microphone audio (int16 interleaved or float32). Non-blocking; beyond
+        ``INPUT_QUEUE_S`` queued the oldest audio is dropped, counted and reported with an
+        ``input_audio_dropped`` error event (once per overflow)."""
         if self.closed:
             return
         audio = self._to_model_rate(samples, rate, channels)
         if audio.size == 0:
             return
-        if len(self._input) >= INPUT_QUEUE_CHUNKS:
-            self._input.popleft()
-            self.input_dropped += 1
         self._input.append(audio)
+        self._input_samples += audio.size
+        while self._input_samples > INPUT_QUEUE_S * RATE and len(self._input) > 1:
+            self._input_samples -= self._input.popleft().size
+            self.input_dropped += 1
+            if not self._drop_reported:
+                self._drop_reported = True
+                self._report(
+                    "input_audio_dropped",
+                    f"the session fell more than {INPUT_QUEUE_S:g} s behind its input; "
+                    "the oldest input audio was dropped",
+                )
         self._input_ready.set()
         self.last_activity = self.clock.now()
+
+    def _report(self, code: str, message: str, kind: str = "server_error") -> None:
+        self.emit(
+            ev.error(
+                {"type": kind, "code": code, "message": message, "param": None, "event_id": None}
+            )
+        )
 
     def push_video(self, frame: np.ndarray, t: float | None = None) -> None:
         """Offer a camera frame (BGR ``uint8`` array). The intake keeps a bounded history,
         latest wins; it is stamped with the input audio timeline, not ``t``. A frame that
         cannot be used becomes an ``error`` event."""
-        if self.closed or self.frames is None:
+        if self.closed:
             return
         try:
             self.frames.add(frame, self.input_time)
@@ -262,8 +355,7 @@ class Session:
 
     def camera_stopped(self) -> None:
         """The camera track ended: its frames are forgotten (the model sees none)."""
-        if self.frames is not None:
-            self.frames.stop()
+        self.frames.stop()
 
     async def feed_audio(self, samples: np.ndarray, rate: int, channels: int = 1) -> None:
         """Process audio now, in order (file sessions on a virtual clock)."""
@@ -303,24 +395,67 @@ class Session:
             while not self._input:
                 self._input_ready.clear()
                 await self._input_ready.wait()
-            await self._process(self._input.popleft())
+            async with self._input_lock:
+                await self._process_queued(INPUT_BATCH_S)
+
+    async def _process_queued(self, batch_s: float) -> None:
+        """Process queued input, up to ``batch_s`` seconds of it in one piece (a session that
+        fell behind catches up in bigger steps)."""
+        if not self._input:
+            return
+        parts = [self._input.popleft()]
+        n = parts[0].size
+        while self._input and n + self._input[0].size <= batch_s * RATE:
+            parts.append(self._input.popleft())
+            n += parts[-1].size
+        self._input_samples -= n
+        if not self._input:
+            self._drop_reported = False
+        await self._process(parts[0] if len(parts) == 1 else np.concatenate(parts))
+
+    async def commit_input(self) -> None:
+        """The client commits its input audio (manual turns): the audio queued before this
+        call is processed first, then the open utterance ends. Raises
+        :class:`InvalidEvent` (``input_audio_buffer_commit_empty``) when none is open."""
+        async with self._input_lock:
+            while self._input:
+                await self._process_queued(INPUT_BATCH_S)
+            if not self.turns.in_utterance:
+                raise InvalidEvent(
+                    "the input audio buffer is empty", code="input_audio_buffer_commit_empty"
+                )
+            self._speech_end_clock = self.clock.now()
+            self._apply(self.turns.commit(self.input_time))
+
+    def clear_input(self) -> None:
+        """The client clears its input audio: the open utterance is dropped."""
+        self._input.clear()
+        self._input_samples = 0
+        self._apply(self.turns.clear())
 
     async def _process(self, audio: np.ndarray) -> None:
+        loop = asyncio.get_running_loop()
+        heard = audio  # what recognition hears: without the reply's echo
+        if self.echo.active:
+            heard = await loop.run_in_executor(self.engine.vad_executor, self.echo.cancel, audio)
         self._arrival = (self._samples + audio.size, self.clock.now())
-        self._remember(audio)
+        self._remember(heard)
         start = self._samples
         self._samples += audio.size
         mode_none = self.settings.turn.mode == "none"
         if self.turns.in_utterance:
-            self._recognizer.append(audio)
-        elif mode_none:
+            self._hear(heard)
+        elif mode_none:  # the utterance starts with this chunk (the prefix is the chunk)
             self._apply(self.turns.speech_started(start / RATE))
-            self._recognizer.append(audio)
-        loop = asyncio.get_running_loop()
         transitions = await loop.run_in_executor(self.engine.vad_executor, self._vad.feed, audio)
+        transitions = self.echo.filter(transitions)  # speech the reply explains is not heard
         if mode_none:
             return
-        if self.turns.paused and self._vad.peak_prob >= self._vad.gate.neg_threshold:
+        if (
+            self.turns.paused
+            and not self._open_waits
+            and self._vad.peak_prob >= self._vad.gate.neg_threshold
+        ):
             self._recognizer.keep_held()  # not clearly silent: the final must hear it
         for tr in transitions:
             t = tr.sample / RATE
@@ -330,6 +465,45 @@ class Session:
                 self._speech_end_clock = self._clock_at(tr.sample)
                 self._apply(self.turns.speech_stopped(t))
         self._apply(self.turns.tick(self.input_time))
+
+    def _hear(self, audio: np.ndarray) -> None:
+        """Give audio to the open utterance: to the recognizer, or, while an earlier final
+        pass still holds it, to the utterance's waiting buffer. Past the utterance's maximum
+        length the audio is refused with an ``input_audio_buffer_full`` error (once)."""
+        room = self._room - self._heard
+        if audio.size > room:
+            audio = audio[: max(0, room)]
+            if not self._full_reported:
+                self._full_reported = True
+                self._report(
+                    "input_audio_buffer_full",
+                    f"an utterance is at most {tt.MAX_UTTERANCE_S:g} s long; commit the input "
+                    "audio buffer (or pause speaking): the audio past it was dropped",
+                    "invalid_request_error",
+                )
+        if audio.size == 0:
+            return
+        self._heard += audio.size
+        if self._open_waits:
+            self._waiting[-1].append(audio)
+        else:
+            self._recognizer.append(audio)
+
+    def _release_recognizer(self) -> None:
+        """A final pass has taken its audio: the next waiting utterance enters the
+        recognizer (if it is the open one, recognition goes on live from here)."""
+        self._final_holds = max(0, self._final_holds - 1)
+        if not self._waiting or self.closed:
+            return
+        audio = self._waiting.popleft()
+        self._recognizer.begin()
+        for piece in audio:
+            self._recognizer.append(piece)
+        if not self._waiting and self._open_waits:
+            self._open_waits = False
+            if self.turns.paused:
+                self._recognizer.pause()
+                self.spawn(self._speculate())
 
     def _remember(self, audio: np.ndarray) -> None:
         self._recent.append(audio)
@@ -354,11 +528,13 @@ class Session:
                 case tt.UtteranceStarted(t=t):
                     self._start_utterance(t)
                 case tt.RecognitionPaused(t=t):
-                    self._recognizer.pause()
                     self._look(t)
-                    self.spawn(self._speculate())
+                    if not self._open_waits:
+                        self._recognizer.pause()
+                        self.spawn(self._speculate())
                 case tt.RecognitionResumed():
-                    self._recognizer.resume()
+                    if not self._open_waits:
+                        self._recognizer.resume()
                 case tt.StartPreemptive(text=text):
                     self._start_preemptive(text)
                 case tt.CancelPreemptive():
@@ -389,9 +565,17 @@ class Session:
         self._vision = None
         self._user_item = ev.new_id("item")
         self._partial = ""
-        self._recognizer.begin()
-        pad = self.settings.turn.prefix_padding_ms / 1000
-        self._recognizer.append(self._recent_audio(max(0.0, onset - pad)))
+        manual = self.settings.turn.mode == "none"
+        pad = 0.0 if manual else self.settings.turn.prefix_padding_ms / 1000
+        prefix = self._recent_audio(max(0.0, onset - pad))
+        self._heard, self._full_reported = 0, False
+        self._room = int(tt.MAX_UTTERANCE_S * RATE) + (0 if manual else prefix.size)
+        self._open_waits = self._final_holds > 0  # an earlier final pass holds the recognizer
+        if self._open_waits:
+            self._waiting.append([])
+        else:
+            self._recognizer.begin()
+        self._hear(prefix)
         self.emit(ev.speech_started(self._user_item, int(onset * 1000)))
 
     def _on_partial(self, text: str) -> None:
@@ -409,18 +593,37 @@ class Session:
             self._apply(self.turns.speculative_final(text))
 
     def _end_of_turn(self, start: float, end: float) -> None:
+        """The open utterance ends: its final pass runs after the earlier ones (in order)."""
         item = self._user_item or ev.new_id("item")
-        self._user_item = item
+        self._user_item = None
+        self._open_waits = False  # its audio, if waiting, stays first in line
+        self._final_holds += 1
+        vision, self._vision = self._vision, None
         self._endpoint_clock = self.clock.now()
         self.emit(ev.speech_stopped(item, int(end * 1000)))
-        self._finalizing = self.spawn(self._finalize(item, end - start))
+        self._finalizing = self.spawn(self._finalize(item, end - start, vision, self._finalizing))
 
-    async def _finalize(self, item_id: str, seconds: float) -> None:
-        with self.busy():
-            text = (await self._recognizer.finalize()).strip()
+    async def _finalize(
+        self,
+        item_id: str,
+        seconds: float,
+        vision: asyncio.Task[TurnVision] | None,
+        earlier: asyncio.Task[None] | None,
+    ) -> None:
+        if earlier is not None and not earlier.done():
+            await asyncio.wait([earlier])  # finals in order; never cancels the earlier one
+        try:
+            with self.busy():
+                text = (await self._recognizer.finalize()).strip()
+        except Exception as exc:  # noqa: BLE001 - the turn ends without words, reported
+            log.exception("session %s: final transcription failed", self.id)
+            self._report("transcription_failed", f"speech recognition failed: {exc}")
+            text = ""
+        finally:
+            self._release_recognizer()
         self._final_clock = self.clock.now()
         if tt.has_words(text):
-            seen = await self._seen(item_id)
+            seen = await self._seen(item_id, vision)
             previous = self.conversation.add(
                 Item(item_id, "user", text, images=seen.images, notes=seen.notes)
             )
@@ -430,14 +633,13 @@ class Session:
             assert user is not None
             self.emit(ev.item_added(user.to_event_item(), previous))
             self.emit(ev.item_done(user.to_event_item(), previous))
-        self._user_item = None
         self._apply(self.turns.final(text))
 
     # --- seeing ---------------------------------------------------------------------------
 
     def _look(self, end: float) -> None:
         """Choose what the model sees for the utterance ending at ``end`` (in the background)."""
-        if self.frames is None or not self.frames.camera_on:
+        if not self.frames.camera_on:
             self._vision = None
             return
         self._vision = self.spawn(self._select_frames(self._utterance_start, end))
@@ -460,9 +662,8 @@ class Session:
                 )
         return TurnVision(images, notes, selection)
 
-    async def _seen(self, item_id: str) -> TurnVision:
+    async def _seen(self, item_id: str, task: asyncio.Task[TurnVision] | None) -> TurnVision:
         """What the model sees with this turn; reported as ``seetalk.frames.selected``."""
-        task, self._vision = self._vision, None
         if task is None:
             return TurnVision((), "", None)
         try:
@@ -477,10 +678,15 @@ class Session:
         return seen
 
     def _discard_utterance(self) -> None:
+        """Drop the open utterance (or, with none open, whatever the recognizer holds)."""
         if self._user_item is not None:
             self.emit(ev.input_cleared())
         self._user_item = None
-        self._recognizer.discard()
+        if self._open_waits:
+            self._waiting.pop()
+            self._open_waits = False
+        elif self._final_holds == 0:
+            self._recognizer.discard()
 
     # --- replies ----------------------------------------------------------------------------
 
@@ -545,6 +751,41 @@ class Session:
         self._speaker.announce(reply)
         self._run(reply)
 
+    def respond_now(self) -> None:
+        """``response.create``: answer the conversation as it stands, now."""
+        self._final_clock = self.clock.now()
+        self._endpoint_clock = self._final_clock
+        self._speech_end_clock = self._final_clock
+        self._respond()
+
+    def cancel_reply(self, reason: str = "client_cancelled") -> None:
+        """``response.cancel``: stop the current reply, keeping what was heard. Nothing to
+        cancel is not an error (clients send it freely)."""
+        if self._reply is not None:
+            self._interrupt_reply(self._reply.id, reason)
+
+    def truncate_item(self, item_id: str, end_ms: int) -> str:
+        """``conversation.item.truncate``: the client played ``end_ms`` of the assistant
+        item's audio. A reply still in progress stops there; the history keeps the words
+        heard by then, marked interrupted. Returns them; raises :class:`InvalidEvent`."""
+        candidates = [self._reply, *self._finished]
+        reply = next((r for r in candidates if r is not None and r.item_id == item_id), None)
+        item = self.conversation.get(item_id)
+        if reply is None and (item is None or item.role != "assistant"):
+            raise InvalidEvent(
+                f"no assistant audio item {item_id!r}", code="item_not_found", param="item_id"
+            )
+        if reply is None:
+            raise InvalidEvent(f"item {item_id!r} has no audio to truncate", param="item_id")
+        position = min(reply.total_samples, end_ms * reply.rate // 1000)
+        if reply.status == "in_progress":
+            reply.played = min(reply.played, position)
+            self._interrupt_reply(reply.id, "client_cancelled")
+        heard = reply.heard_text(position)
+        if item is not None or (item := self.conversation.get(item_id)) is not None:
+            item.text, item.interrupted = heard, True
+        return heard
+
     def _say(self, text: str) -> None:
         """Speak a fixed line as a reply (no model); it enters history like any reply."""
         reply = self._new_reply(held=False)
@@ -586,9 +827,24 @@ class Session:
         reply = self._find_reply(reply_id)
         if reply is None or reply.status != "in_progress":
             return
+        self._stop_reply(reply, "cancelled", reason)
+
+    def _reply_failed(self, reply: Reply, error: dict[str, Any]) -> None:
+        """One of the reply's tasks failed (the speaker has emitted the ``error``): a held
+        reply is dropped unseen; an announced one ends now, ``failed``."""
+        if reply is self._held:
+            self._held = None
+            reply.status = "failed"
+            self._speaker.cancel(reply)
+        elif not reply.ended:
+            self._stop_reply(reply, "failed", None)
+
+    def _stop_reply(self, reply: Reply, status: str, reason: str | None) -> None:
+        """End a reply before it finished playing: ``response.done`` with ``status``; the
+        history keeps what was heard, marked interrupted."""
         if self.audio_out.current is reply or reply.played < reply.total_samples:
             self.audio_out.clear()
-        reply.status = "cancelled"
+        reply.status = status
         self._finished.append(reply)
         self._speaker.cancel(reply)
         self.turns.reply_ended(reply.id)
@@ -602,7 +858,8 @@ class Session:
             self.emit(ev.item_truncated(reply.item_id, reply.position_ms(), heard))
             self.emit(ev.item_done(item.to_event_item(), previous))
             output = [item.to_event_item()]
-        self.emit(ev.response_done(reply.id, "cancelled", output, reason=reason))
+        err = reply.error if status == "failed" else None
+        self.emit(ev.response_done(reply.id, status, output, reason=reason, err=err))
 
     def _on_playout(self, reply: Reply, what: str) -> None:
         if what == "started":
@@ -619,7 +876,6 @@ class Session:
         self.turns.reply_ended(reply.id)
         if self._reply is reply:
             self._reply = None
-        self._speaker.forget(reply)
         self.emit(ev.audio_done(reply.id, reply.item_id))
         self.emit(ev.audio_transcript_done(reply.id, reply.item_id, text))
         self.emit(ev.content_part_done(reply.id, reply.item_id, text))
@@ -654,3 +910,10 @@ class Sessions:
 
     async def aclose(self) -> None:
         await self.engine.aclose()
+
+
+def _keeps_the_contract(sessions: Sessions) -> None:
+    """Never called: mypy checks here that this is what transports expect."""
+    source: SessionSource = sessions
+    session: TransportSession = sessions.new_session()
+    del source, session

@@ -1,11 +1,23 @@
-"""``session.update`` and the session object: OpenAI Realtime's shape <-> SessionSettings."""
+"""``session.update`` and the session object: OpenAI Realtime's shape <-> SessionSettings.
+
+:func:`settings_for` is the one validator's last step: the parser
+(:mod:`conversation.protocol`) has checked every value's type and range; here the typed
+update becomes a new :class:`~seetalk.config.SessionSettings` (whose own checks run again on
+the combination). The session then applies it whole, or refuses it whole.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from seetalk.config import SessionSettings
-from seetalk.errors import ConfigError
+from conversation.protocol import (
+    FORMATS,
+    PCM16,
+    SEMANTIC_SILENCE_MS,
+    SessionUpdate,
+    TurnDetection,
+)
+from seetalk.config import SessionSettings, updated
 
 
 def describe_session(session_id: str, settings: SessionSettings) -> dict[str, Any]:
@@ -24,6 +36,12 @@ def describe_session(session_id: str, settings: SessionSettings) -> dict[str, An
             "interrupt_response": turn.interrupt,
         }
     )
+    seetalk: dict[str, Any] = {
+        k: getattr(settings, k)
+        for k in settings.__dataclass_fields__
+        if k not in ("turn", "instructions", "voice", "input_format", "output_format")
+    }
+    seetalk["turn"] = {k: getattr(turn, k) for k in turn.__dataclass_fields__}
     return {
         "type": "realtime",
         "id": session_id,
@@ -31,71 +49,69 @@ def describe_session(session_id: str, settings: SessionSettings) -> dict[str, An
         "model": "seetalk",
         "instructions": settings.instructions,
         "output_modalities": ["audio"],
+        "max_output_tokens": settings.max_output_tokens,
         "audio": {
             "input": {
-                "format": {"type": "audio/pcm", "rate": 24000},
+                "format": FORMATS.get(settings.input_format, PCM16).to_dict(),
                 "turn_detection": detection,
             },
             "output": {
-                "format": {"type": "audio/pcm", "rate": 24000},
+                "format": FORMATS.get(settings.output_format, PCM16).to_dict(),
                 "voice": settings.voice,
             },
         },
-        "seetalk": {
-            "turn": {k: getattr(turn, k) for k in turn.__dataclass_fields__},
-            "output_rate": settings.output_rate,
-        },
+        "seetalk": seetalk,
     }
 
 
-def session_changes(session: dict[str, Any]) -> dict[str, Any]:
-    """Map an OpenAI ``session.update`` session object onto :class:`SessionSettings` changes.
+def settings_for(current: SessionSettings, update: SessionUpdate) -> SessionSettings:
+    """The settings ``update`` asks for, from ``current``: ``instructions``,
+    ``max_output_tokens`` (``"inf"`` is the most, 4096), ``audio.output.voice``, the audio
+    formats, ``audio.input.turn_detection`` (``server_vad``; ``semantic_vad`` becomes a
+    silence duration chosen by its eagerness; ``null`` means the client commits turns), and
+    the ``seetalk`` extension (its ``turn`` applied after ``turn_detection``).
 
-    ``instructions``, ``audio.output.voice``, ``audio.input.turn_detection`` (``server_vad``
-    with ``threshold``, ``prefix_padding_ms``, ``silence_duration_ms``, ``interrupt_response``;
-    or ``null`` for client-committed turns), ``max_output_tokens``, and the extension
-    ``seetalk`` (any :class:`SessionSettings` fields, e.g. ``{"turn": {"preemptive": false}}``).
-    """
+    Raises :class:`~seetalk.errors.ConfigError` naming the parameter if the combination is
+    invalid (the parser has checked each value on its own)."""
     changes: dict[str, Any] = {}
     turn: dict[str, Any] = {}
-    if "instructions" in session:
-        changes["instructions"] = session["instructions"]
-    if "max_output_tokens" in session:
-        value = session["max_output_tokens"]
-        changes["max_output_tokens"] = 4096 if value == "inf" else value
-    audio = session.get("audio") or {}
-    if not isinstance(audio, dict):
-        raise ConfigError("session.audio must be an object", param="session.audio")
-    output = audio.get("output") or {}
-    if isinstance(output, dict) and "voice" in output:
-        changes["voice"] = output["voice"] if isinstance(output["voice"], str) else "default"
-    inp = audio.get("input") or {}
-    if isinstance(inp, dict) and "turn_detection" in inp:
-        td = inp["turn_detection"]
-        if td is None:
-            turn["mode"] = "none"
-        elif isinstance(td, dict):
-            if td.get("type", "server_vad") not in ("server_vad", "semantic_vad"):
-                raise ConfigError(
-                    "turn_detection.type must be server_vad", param="turn_detection.type"
-                )
-            turn["mode"] = "server_vad"
-            for src, dst in (
-                ("threshold", "vad_threshold"),
-                ("prefix_padding_ms", "prefix_padding_ms"),
-                ("silence_duration_ms", "silence_ms"),
-                ("interrupt_response", "interrupt"),
-            ):
-                if src in td:
-                    turn[dst] = td[src]
-        else:
-            raise ConfigError("turn_detection must be an object or null", param="turn_detection")
-    extension = session.get("seetalk") or {}
-    if not isinstance(extension, dict):
-        raise ConfigError("session.seetalk must be an object", param="session.seetalk")
-    changes.update({k: v for k, v in extension.items() if k != "turn"})
-    if isinstance(extension.get("turn"), dict):
-        turn.update(extension["turn"])
+    if update.instructions is not None:
+        changes["instructions"] = update.instructions
+    if update.max_output_tokens is not None:
+        tokens = update.max_output_tokens
+        changes["max_output_tokens"] = 4096 if tokens == "inf" else tokens
+    if update.voice is not None:
+        changes["voice"] = update.voice
+    if update.input_format is not None:
+        changes["input_format"] = update.input_format.type
+    if update.output_format is not None:
+        changes["output_format"] = update.output_format.type
+    td = update.turn_detection
+    if td is None:
+        turn["mode"] = "none"
+    elif isinstance(td, TurnDetection):
+        turn.update(_turn_changes(td))
+    if update.noise_reduction == "far_field":
+        changes["echo"] = "on"  # a speakerphone: cancel the reply's echo (docs/echo.md)
+    changes.update(dict(update.seetalk or ()))
+    turn.update(dict(update.seetalk_turn or ()))
     if turn:
         changes["turn"] = turn
-    return changes
+    new: SessionSettings = updated(current, changes)
+    return new
+
+
+def _turn_changes(td: TurnDetection) -> dict[str, Any]:
+    turn: dict[str, Any] = {"mode": "server_vad"}
+    if td.type == "semantic_vad":
+        turn["silence_ms"] = SEMANTIC_SILENCE_MS[td.eagerness or "auto"]
+    for src, dst in (
+        ("threshold", "vad_threshold"),
+        ("prefix_padding_ms", "prefix_padding_ms"),
+        ("silence_duration_ms", "silence_ms"),
+        ("interrupt_response", "interrupt"),
+    ):
+        value = getattr(td, src)
+        if value is not None:
+            turn[dst] = value
+    return turn

@@ -2,7 +2,8 @@
 
 The model's text streams into the reply; synthesis cuts it into clauses, synthesizes each
 in the voice's executor and queues the audio on the session's :class:`AudioOutput`, unless
-the reply is held (a preemptive reply not yet confirmed). Barge-in stops synthesis at once
+the reply is held (a preemptive reply not yet confirmed). All per-reply state (tasks,
+progress) lives on the reply. Barge-in stops synthesis at once
 (:meth:`Speaker.pause`); a false interruption restarts it where it stopped
 (:meth:`Speaker.resume`); a confirmed one also stops generation (:meth:`Speaker.cancel`).
 """
@@ -12,22 +13,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from seetalk.clock import Clock
-from seetalk.errors import BackendError, ImagesRejected
 from conversation import events as ev
 from conversation.playout import AudioOutput
 from conversation.reply import Reply
 from llm.backend import ChatMessage, GenerationSettings
+from seetalk.clock import Clock
+from seetalk.errors import BackendError, ImagesRejected
 from voice.audio import float_to_s16, resample
 from voice.tts import ClauseSplitter, Synthesizer
 
 if TYPE_CHECKING:
     from models.engine import Engine
+    from voice.remote import RemoteSynthesizer
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,13 @@ class Busy:
 
 
 class Speaker:
+    """Runs each reply's generation and synthesis tasks. It keeps no per-reply state: the
+    tasks and their progress live on the :class:`~conversation.reply.Reply` itself.
+
+    A task that fails with anything but a model error (which is apologised for and spoken)
+    reports ``on_failed(reply, error)`` once; the session then ends the reply as ``failed``.
+    """
+
     def __init__(
         self,
         engine: Engine,
@@ -59,6 +68,7 @@ class Speaker:
         clock: Clock,
         busy: Busy,
         spawn: Callable[..., asyncio.Task],
+        on_failed: Callable[[Reply, dict[str, Any]], None] | None = None,
     ) -> None:
         self.engine = engine
         self.audio_out = audio_out
@@ -66,12 +76,7 @@ class Speaker:
         self.clock = clock
         self.busy = busy
         self.spawn = spawn
-        self._gen: dict[str, asyncio.Task] = {}
-        self._synth: dict[str, asyncio.Task] = {}
-        self._consumed: dict[str, int] = {}  # reply.text characters already cut into clauses
-        self._queued: dict[str, int] = {}  # reply audio samples already on the AudioOutput
-        self._flushing: dict[str, asyncio.Lock] = {}  # one writer per reply keeps order
-        self._flushers: dict[str, asyncio.Task] = {}  # adoption's flush of a held reply
+        self.on_failed = on_failed
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -83,23 +88,16 @@ class Speaker:
         on_images_dropped: Callable[[str], None] | None = None,
     ) -> None:
         """Start generating and speaking ``reply``. Held replies synthesize but stay silent."""
-        self._track(reply)
-        self._gen[reply.id] = self.spawn(
-            self._generate(reply, messages, settings, on_images_dropped)
+        reply.generation = self.spawn(
+            self._guard(reply, lambda: self._generate(reply, messages, settings, on_images_dropped))
         )
-        self._synth[reply.id] = self.spawn(self._synthesize(reply))
+        reply.synthesis = self.spawn(self._guard(reply, lambda: self._synthesize(reply)))
 
     def say(self, reply: Reply, text: str) -> None:
         """Speak ``text`` as ``reply``, without the model."""
-        self._track(reply)
         reply.append_text(text)
         reply.generation_done = True
-        self._synth[reply.id] = self.spawn(self._synthesize(reply))
-
-    def _track(self, reply: Reply) -> None:
-        self._consumed[reply.id] = 0
-        self._queued[reply.id] = 0
-        self._flushing[reply.id] = asyncio.Lock()
+        reply.synthesis = self.spawn(self._guard(reply, lambda: self._synthesize(reply)))
 
     def announce(self, reply: Reply) -> None:
         """Emit the events that open a response (at creation, or when a held one is adopted)."""
@@ -115,42 +113,60 @@ class Speaker:
         reply.held = False
         reply.released.set()
         self.announce(reply)
-        self._flushers[reply.id] = self.spawn(self._flush(reply))
+        reply.flusher = self.spawn(self._guard(reply, lambda: self._flush(reply)))
 
     def pause(self, reply: Reply) -> None:
         """Barge-in: stop synthesis now (generation goes on, bounded by max tokens).
 
         The task is cancelled before this returns, so it cannot queue more audio."""
-        self._stop(self._synth.pop(reply.id, None))
-        self._stop(self._flushers.pop(reply.id, None))
-        self._queued[reply.id] = reply.played
+        self._stop(reply.synthesis)
+        self._stop(reply.flusher)
+        reply.synthesis = reply.flusher = None
+        reply.queued = reply.played
 
     def resume(self, reply: Reply) -> None:
         """Play on from the playout position; synthesize what was not synthesized yet."""
-        if reply.id in self._synth or reply.status != "in_progress":
+        if reply.synthesis is not None or reply.ended:
             return
-        self._queued[reply.id] = reply.played
-        self._synth[reply.id] = self.spawn(self._synthesize(reply))
+        reply.queued = reply.played
+        reply.synthesis = self.spawn(self._guard(reply, lambda: self._synthesize(reply)))
 
     def cancel(self, reply: Reply) -> None:
         """Stop generation and synthesis now; they are awaited in the background."""
-        self._stop(self._synth.pop(reply.id, None))
-        self._stop(self._flushers.pop(reply.id, None))
-        self._stop(self._gen.pop(reply.id, None))
-        self.forget(reply)
+        for task in (reply.synthesis, reply.flusher, reply.generation):
+            self._stop(task)
+        reply.synthesis = reply.flusher = reply.generation = None
 
     def _stop(self, task: asyncio.Task | None) -> None:
-        if task is not None and not task.done():
+        if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
             self.spawn(_cancel(task))
 
-    def forget(self, reply: Reply) -> None:
-        self._consumed.pop(reply.id, None)
-        self._queued.pop(reply.id, None)
-        self._flushing.pop(reply.id, None)
-        self._flushers.pop(reply.id, None)
-        self._gen.pop(reply.id, None)
-        self._synth.pop(reply.id, None)
+    async def _guard(self, reply: Reply, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run one of the reply's tasks; a failure ends the reply (never leaves it hanging).
+        ``work`` makes the coroutine here, so a task cancelled before it starts leaves none
+        unawaited."""
+        try:
+            await work()
+        except Exception as exc:  # noqa: BLE001 - reported as an error event, reply failed
+            log.exception("reply %s failed", reply.id)
+            self._fail(reply, f"the reply failed: {type(exc).__name__}: {exc}")
+
+    def _fail(self, reply: Reply, message: str) -> None:
+        if reply.ended or reply.error is not None and reply.error.get("code") == "reply_failed":
+            return
+        error = {
+            "type": "server_error",
+            "code": "reply_failed",
+            "message": message,
+            "param": None,
+            "event_id": None,
+        }
+        reply.error = error
+        if not reply.held:  # a held reply was never announced: it is dropped unseen
+            self.emit(ev.error(error))
+        if self.on_failed is not None:
+            self.on_failed(reply, error)
 
     # --- generation -----------------------------------------------------------------------
 
@@ -195,7 +211,7 @@ class Speaker:
         """Cut the reply's text into clauses as it grows and synthesize each. Cancelling it
         is safe: the clause in the executor finishes there and is dropped."""
         splitter = ClauseSplitter()
-        base = self._consumed.get(reply.id, 0)
+        base = reply.consumed
         fed = base
         await self._flush(reply)  # on resume: the audio that was synthesized but not played
         while True:
@@ -213,7 +229,7 @@ class Speaker:
                 while reply.held and len(reply.segments) >= HELD_SEGMENTS:
                     await reply.released.wait()  # enough to start at once when adopted
                 await self._speak_clause(reply, clause)
-                self._consumed[reply.id] = base + start + len(clause)
+                reply.consumed = base + start + len(clause)
             if last:
                 break
         reply.synthesis_done = True
@@ -226,7 +242,7 @@ class Speaker:
             reply.times.first_clause = reply.times.tts_start = self.clock.now()
         with self.busy():
             audio, ends = await loop.run_in_executor(
-                self.engine.tts_executor, _synthesize_clause, synth, clause, self.audio_out.rate
+                self.engine.tts_executor, _synthesize_clause, synth, clause, reply.rate
             )
         if reply.times.first_audio_ready is None:
             reply.times.first_audio_ready = self.clock.now()
@@ -237,22 +253,18 @@ class Speaker:
 
     async def _flush(self, reply: Reply) -> None:
         """Queue the reply's synthesized audio that is not on the output yet."""
-        lock = self._flushing.get(reply.id)
-        if reply.held or lock is None:
+        if reply.held or reply.ended:
             return
-        async with lock:
-            await self._flush_locked(reply)
-
-    async def _flush_locked(self, reply: Reply) -> None:
-        while (queued := self._queued.get(reply.id)) is not None and queued < reply.total_samples:
-            seg = next(s for s in reply.segments if s.end > queued)
-            piece = seg.audio[queued - seg.start :]
-            self._queued[reply.id] = seg.end
-            await self.audio_out.write(reply, piece)
+        async with reply.flush_lock:
+            while not reply.ended and reply.queued < reply.total_samples:
+                seg = next(s for s in reply.segments if s.end > reply.queued)
+                piece = seg.audio[reply.queued - seg.start :]
+                reply.queued = seg.end
+                await self.audio_out.write(reply, piece)
 
 
 def _synthesize_clause(
-    synth: Synthesizer, text: str, rate: int
+    synth: Synthesizer | RemoteSynthesizer, text: str, rate: int
 ) -> tuple[np.ndarray, list[float] | None]:
     """The clause as int16 at ``rate``, and where each word ends (fractions of its audio)."""
     audio, ends = synth.synthesize_timed(text)

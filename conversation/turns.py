@@ -19,11 +19,20 @@ Policy, in short:
   cancel generation, keep only the heard words). If no words come within
   ``false_interruption_timeout_ms`` and the person is silent again, the reply resumes
   (:class:`ResumeReply`) where it stopped; with resuming off, a barge-in interrupts at once.
+* Speech is never lost: the endpoint closes the utterance, so speech while its final
+  transcript is still being computed opens the next utterance at once
+  (:class:`UtteranceStarted`). That utterance's own endpoint waits for the earlier final
+  (finals come in order). When the earlier final arrives while the person already speaks
+  again, it joins the history unanswered; the reply comes after the newer utterance (or,
+  if that one held no words, to the unanswered turn).
+* An utterance lasts at most ``MAX_UTTERANCE_S`` (automatic turns end there and the speech
+  goes on as a new utterance), so one recognizer pass never gets more than that.
 """
 
 from __future__ import annotations
 
 import re
+from collections import deque
 from dataclasses import dataclass
 
 from seetalk.config import TurnSettings
@@ -60,6 +69,8 @@ _HALLUCINATIONS = frozenset(
 
 # An utterance this long that yields no clear words was speech we failed to understand.
 UNCLEAR_MIN_S = 1.0
+# The longest utterance: one recognizer pass never gets more audio than this.
+MAX_UTTERANCE_S = 120.0
 
 
 def normalize(text: str) -> str:
@@ -201,14 +212,14 @@ class TurnTaker:
     def __init__(self, settings: TurnSettings) -> None:
         self.settings = settings
         self.speaking = False
-        self._utterance_start: float | None = None
-        self._silence_since: float | None = None
-        self._finalizing = False
+        self._utterance_start: float | None = None  # the open utterance
+        self._silence_since: float | None = None  # ... in the silence after its speech
+        self._ended: deque[float] = deque()  # lengths of ended utterances awaiting a final
         self._preemptive: str | None = None
+        self._unanswered: str | None = None  # a final that came while the person spoke again
         self._reply: str | None = None  # the current reply, once created
         self._audible = False
         self._barge: _Barge | None = None
-        self._spoken_s = 0.0  # length of the utterance being finalized
 
     # --- settings and state ----------------------------------------------------------------
 
@@ -217,12 +228,22 @@ class TurnTaker:
 
     @property
     def in_utterance(self) -> bool:
+        """An utterance is open (started and not yet ended by an endpoint or a commit)."""
         return self._utterance_start is not None
 
     @property
+    def utterance_start(self) -> float | None:
+        return self._utterance_start
+
+    @property
+    def finalizing(self) -> bool:
+        """An ended utterance waits for its final transcript."""
+        return bool(self._ended)
+
+    @property
     def paused(self) -> bool:
-        """In an utterance, in the silence after speech (before the endpoint)."""
-        return self._silence_since is not None and not self._finalizing
+        """In the open utterance, in the silence after speech (before the endpoint)."""
+        return self._silence_since is not None
 
     @property
     def barge_pending(self) -> bool:
@@ -241,7 +262,7 @@ class TurnTaker:
                     self._barge = _Barge(self._reply, onset, deadline)
                 else:
                     actions.append(self._interrupt())
-            elif not self._audible and not self._finalizing:
+            elif not self._audible and not self.finalizing:
                 # Not heard yet: the person goes on, so this reply answers a stale turn.
                 actions.append(CancelPendingReply(self._reply))
                 self._reply = None
@@ -252,14 +273,14 @@ class TurnTaker:
         elif self._silence_since is not None:
             self._silence_since = None
             actions.append(RecognitionResumed(onset))
-            if self._preemptive is not None:
+            if self._preemptive is not None and not self.finalizing:
                 self._preemptive = None
                 actions.append(CancelPreemptive())
         return actions
 
     def speech_stopped(self, offset: float) -> list[Action]:
         self.speaking = False
-        if self._utterance_start is None or self._finalizing:
+        if self._utterance_start is None:
             return []
         self._silence_since = offset
         return [RecognitionPaused(offset)]
@@ -267,13 +288,16 @@ class TurnTaker:
     def tick(self, now: float) -> list[Action]:
         """Call after each chunk of input audio with the input timeline's time."""
         actions: list[Action] = []
-        if (
-            self.settings.mode == "server_vad"
-            and self._silence_since is not None
-            and not self._finalizing
-            and now - self._silence_since >= self.settings.silence_ms / 1000
-        ):
-            actions.extend(self._end_of_turn(self._silence_since))
+        start = self._utterance_start
+        if self.settings.mode == "server_vad" and start is not None and not self.finalizing:
+            silence = self._silence_since
+            if silence is not None and now - silence >= self.settings.silence_ms / 1000:
+                actions.extend(self._end_of_turn(silence))
+            elif now - start >= MAX_UTTERANCE_S:
+                actions.extend(self._end_of_turn(now))  # the longest utterance: cut here
+                if self.speaking:  # and the speech goes on as the next one
+                    self._utterance_start = now
+                    actions.append(UtteranceStarted(now))
         barge = self._barge
         if (
             barge is not None
@@ -285,7 +309,7 @@ class TurnTaker:
             actions.append(ResumeReply(barge.reply_id))
             self._barge = None
             if self._utterance_start is not None:
-                self._reset_utterance()
+                self._utterance_start = self._silence_since = None
                 actions.append(DiscardUtterance())
         return actions
 
@@ -296,10 +320,11 @@ class TurnTaker:
         return self._end_of_turn(self._silence_since or now)
 
     def _end_of_turn(self, end: float) -> list[Action]:
-        assert self._utterance_start is not None
-        self._finalizing = True
-        self._spoken_s = end - self._utterance_start
-        return [EndOfTurn(self._utterance_start, end)]
+        start = self._utterance_start
+        assert start is not None
+        self._ended.append(end - start)
+        self._utterance_start = self._silence_since = None
+        return [EndOfTurn(start, end)]
 
     # --- transcripts ---------------------------------------------------------------------
 
@@ -324,7 +349,7 @@ class TurnTaker:
         if (
             not self.settings.preemptive
             or self._silence_since is None
-            or self._finalizing
+            or self.finalizing
             or not has_words(text)
             or self._preemptive == normalize(text)
         ):
@@ -337,24 +362,46 @@ class TurnTaker:
         return actions
 
     def final(self, text: str) -> list[Action]:
-        """The final transcript of the utterance that :class:`EndOfTurn` ended."""
+        """The final transcript of the oldest utterance that :class:`EndOfTurn` ended (with
+        none ended, of the open one, which it closes)."""
+        if self._ended:
+            spoken = self._ended.popleft()
+        else:
+            start = self._utterance_start
+            spoken = (
+                0.0
+                if start is None or self._silence_since is None
+                else (self._silence_since - start)
+            )
+            self._utterance_start = self._silence_since = None
+        # The person already speaks again (or another utterance waits for its final).
+        newer = self._utterance_start is not None or bool(self._ended)
+        barge = None if newer else self._barge  # else the newer utterance decides it
         actions: list[Action] = []
         preemptive, self._preemptive = self._preemptive, None
-        self._reset_utterance()
         if not has_words(text):
             if preemptive is not None:
                 actions.append(CancelPreemptive())
-            if self._barge is not None:
-                actions.append(ResumeReply(self._barge.reply_id))
+            if barge is not None:
+                actions.append(ResumeReply(barge.reply_id))
                 self._barge = None
                 actions.append(DiscardUtterance())
-            else:
+            elif not newer:
                 actions.append(DiscardUtterance())
-                if self._reply is None and self._spoken_s >= UNCLEAR_MIN_S:
+                unanswered, self._unanswered = self._unanswered, None
+                if unanswered is not None and self._reply is None:
+                    actions.append(Respond(unanswered))  # the turn before this noise
+                elif self._reply is None and spoken >= UNCLEAR_MIN_S:
                     actions.append(NotUnderstood())  # someone spoke at length: not noise
             return actions
-        if self._barge is not None:
+        if barge is not None:
             actions.append(self._interrupt())
+        if newer:
+            if preemptive is not None:
+                actions.append(CancelPreemptive())
+            self._unanswered = text  # in history; answered after the newer utterance
+            return actions
+        self._unanswered = None
         if preemptive is not None and preemptive == normalize(text):
             actions.append(AdoptPreemptive(text))
         else:
@@ -363,10 +410,15 @@ class TurnTaker:
             actions.append(Respond(text))
         return actions
 
-    def _reset_utterance(self) -> None:
-        self._utterance_start = None
-        self._silence_since = None
-        self._finalizing = False
+    def clear(self) -> list[Action]:
+        """The client cleared its input: the open utterance is dropped (it is not a turn)."""
+        if self._utterance_start is None:
+            return []
+        self._utterance_start = self._silence_since = None
+        if self._preemptive is not None and not self.finalizing:
+            self._preemptive = None
+            return [CancelPreemptive(), DiscardUtterance()]
+        return [DiscardUtterance()]
 
     def _interrupt(self) -> InterruptReply:
         reply_id = self._barge.reply_id if self._barge is not None else self._reply

@@ -19,15 +19,14 @@ model refuses images (the caller drops them and retries text-only),
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from seetalk.errors import ConfigError
 
 if TYPE_CHECKING:
-    from seetalk.config import ModelConfig
+    pass
 
 Role = Literal["system", "user", "assistant"]
 

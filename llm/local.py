@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from llm.backend import ChatMessage, GenerationSettings, has_images, openai_messages
 from seetalk.errors import (
     BackendError,
     ConfigError,
@@ -32,7 +33,6 @@ from seetalk.errors import (
     ModelNotFound,
     SeetalkError,
 )
-from llm.backend import ChatMessage, GenerationSettings, has_images, openai_messages
 
 _END = object()
 _POLL_S = 0.05

@@ -25,8 +25,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from seetalk.errors import BackendError, BackendTimeout, ImagesRejected
 from llm.backend import ChatMessage, GenerationSettings, has_images, openai_messages
+from seetalk.errors import BackendError, BackendTimeout, ImagesRejected
 
 _IMAGE_WORDS = ("image", "multimodal", "multi-modal", "vision", "mmproj")
 _MAX_ERROR_BODY = 64 * 1024

@@ -1,7 +1,9 @@
 """The engine: the models every session shares, loaded once, each with its own executor.
 
 Model inference never runs on the event loop: each model has a single-thread executor, so
-one model's work queues behind itself and never behind another's.
+one model's work queues behind itself and never behind another's. A role whose model runs
+on another machine (``asr_base_url``, ``tts_base_url``, ``llm_base_url``) is an HTTP client
+with the same interface, called in the same executor (see :mod:`voice.remote`).
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from seetalk.config import ModelConfig
-from llm.factory import make_backend
 from llm.backend import ChatBackend
+from llm.factory import make_backend
+from seetalk.config import ModelConfig
 from vision.scene import SceneDescriber
 from voice.asr import Transcriber
+from voice.remote import RemoteSynthesizer, RemoteTranscriber
 from voice.tts import Synthesizer
+from voice.vad_model import shared_session
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +31,9 @@ log = logging.getLogger(__name__)
 class Engine:
     cfg: ModelConfig
     vad_path: Path
-    transcriber: Transcriber
-    partial_transcriber: Transcriber | None
-    synthesizer: Synthesizer
+    transcriber: Transcriber | RemoteTranscriber
+    partial_transcriber: Transcriber | RemoteTranscriber | None
+    synthesizer: Synthesizer | RemoteSynthesizer
     backend: ChatBackend
     vision: SceneDescriber | None = None  # scene notes for a model that cannot see
     load_times: dict[str, float] = field(default_factory=dict)
@@ -68,13 +71,33 @@ class Engine:
         )
 
         cfg = cfg or ModelConfig()
-        onnx, config = aligned_voice(*resolve_voice(cfg))
+        synthesizer: Synthesizer | RemoteSynthesizer
+        if cfg.tts_base_url:
+            synthesizer = RemoteSynthesizer(
+                cfg.tts_base_url,
+                model=cfg.tts_model,
+                voice=cfg.tts_voice,
+                api_key=cfg.tts_api_key,
+                timeout_s=cfg.tts_timeout_s,
+            )
+        else:
+            synthesizer = Synthesizer(*aligned_voice(*resolve_voice(cfg)))
+        transcriber: Transcriber | RemoteTranscriber
+        if cfg.asr_base_url:
+            transcriber = RemoteTranscriber(
+                cfg.asr_base_url,
+                model=cfg.asr_model,
+                api_key=cfg.asr_api_key,
+                timeout_s=cfg.asr_timeout_s,
+            )
+        else:
+            transcriber = Transcriber(resolve_asr(cfg), threads=cfg.asr_threads)
         engine = cls(
             cfg=cfg,
             vad_path=resolve_vad(cfg),
-            transcriber=Transcriber(resolve_asr(cfg), threads=cfg.asr_threads),
+            transcriber=transcriber,
             partial_transcriber=_partial_transcriber(cfg),
-            synthesizer=Synthesizer(onnx, config),
+            synthesizer=synthesizer,
             backend=make_backend(cfg, resolve_llm),
         )
         engine.vision = _load_vision(cfg)
@@ -85,6 +108,7 @@ class Engine:
     def warmup(self) -> None:
         """Load every model now, so the first turn does not pay for it."""
         for name, load in (
+            ("vad", lambda: shared_session(self.vad_path)),  # one model for every session
             ("asr", self.transcriber.load),
             ("asr_partial", getattr(self.partial_transcriber, "load", lambda: None)),
             ("tts", self.synthesizer.load),
@@ -99,6 +123,9 @@ class Engine:
         await self.backend.aclose()
         for ex in self.executors:
             ex.shutdown(wait=False, cancel_futures=True)
+        for role in (self.transcriber, self.partial_transcriber, self.synthesizer):
+            if isinstance(role, RemoteTranscriber | RemoteSynthesizer):
+                role.close()  # quick: closes idle pooled connections
 
     @property
     def executors(self) -> tuple[concurrent.futures.ThreadPoolExecutor, ...]:
@@ -112,10 +139,12 @@ class Engine:
 
 
 def _partial_transcriber(cfg: ModelConfig) -> Transcriber | None:
-    """The model for partial transcripts, when it differs from the final one."""
+    """The model for partial transcripts, when it differs from the final one. With remote
+    finals (``asr_base_url``) a local ``asr_partial`` gives partials without a round trip;
+    ``asr_partial=""`` sends partials to the server too."""
     from models.registry import resolve_asr
 
-    if not cfg.asr_partial or cfg.asr_partial == cfg.asr:
+    if not cfg.asr_partial or (cfg.asr_partial == cfg.asr and not cfg.asr_base_url):
         return None
     partial_cfg = dataclasses.replace(cfg, asr=cfg.asr_partial)
     return Transcriber(resolve_asr(partial_cfg), threads=cfg.asr_threads)

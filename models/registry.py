@@ -258,8 +258,12 @@ def _rows(cfg: ModelConfig, *, join: bool) -> list[RoleInfo]:
     piper = "piper engine GPL-3.0-or-later"
     rows = [
         _row("vad", "user" if cfg.vad else "MIT", lambda: resolve_vad(cfg)),
-        _row("asr", "MIT" if cfg.asr in ("base", "tiny.en") else "user", asr),
-        _row(
+        RoleInfo("asr", f"remote: {cfg.asr_base_url}", True, None, "remote")
+        if cfg.asr_base_url
+        else _row("asr", "MIT" if cfg.asr in ("base", "tiny.en") else "user", asr),
+        RoleInfo("voice", f"remote: {cfg.tts_base_url}", True, None, "remote")
+        if cfg.tts_base_url
+        else _row(
             "voice",
             f"user; {piper}" if cfg.voice else f"MIT, dataset CC0; {piper}",
             lambda: resolve_voice(cfg),

@@ -25,6 +25,13 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--llm-base-url", help="OpenAI-compatible server, e.g. http://host:8000/v1")
     g.add_argument("--llm-model", help="model name on that server")
     g.add_argument("--llm-api-key", help="API key for that server")
+    g.add_argument("--asr-base-url", help="OpenAI-compatible transcription server for finals")
+    g.add_argument("--asr-model", help="model name on that server")
+    g.add_argument("--asr-api-key", help="API key for that server")
+    g.add_argument("--tts-base-url", help="OpenAI-compatible speech server (/audio/speech)")
+    g.add_argument("--tts-model", help="model name on that server")
+    g.add_argument("--tts-voice", help="voice name on that server")
+    g.add_argument("--tts-api-key", help="API key for that server")
 
 
 def _model_cfg(a: argparse.Namespace) -> ModelConfig:
@@ -38,6 +45,13 @@ def _model_cfg(a: argparse.Namespace) -> ModelConfig:
         llm_base_url=a.llm_base_url,
         llm_model=a.llm_model,
         llm_api_key=a.llm_api_key,
+        asr_base_url=a.asr_base_url,
+        asr_model=a.asr_model,
+        asr_api_key=a.asr_api_key,
+        tts_base_url=a.tts_base_url,
+        tts_model=a.tts_model,
+        tts_voice=a.tts_voice,
+        tts_api_key=a.tts_api_key,
     )
 
 
@@ -60,6 +74,37 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--certfile", help="TLS certificate (browsers need HTTPS off localhost)")
     s.add_argument("--keyfile", help="TLS private key")
+    s.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a web page origin (https://app.example.org) that may open sessions besides the "
+        "server's own page; '*' for any (repeatable; env SEETALK_ALLOW_ORIGINS, comma-separated)",
+    )
+    s.add_argument(
+        "--turn-url",
+        action="append",
+        default=[],
+        help="TURN server (turn:host:3478) that gets per-session credentials from "
+        "--turn-secret (repeatable; env SEETALK_TURN_URLS, comma-separated)",
+    )
+    s.add_argument(
+        "--turn-secret", help="coturn static-auth-secret (env SEETALK_TURN_SECRET; prefer the env)"
+    )
+    s.add_argument("--turn-ttl", type=float, default=3600.0, help="TURN credential lifetime, s")
+    s.add_argument("--docs", action="store_true", help="serve /docs, /redoc and /openapi.json")
+    s.add_argument(
+        "--token-secret",
+        help="sign session tokens with this secret, shared by every instance behind the "
+        "balancer so any of them accepts them (env SEETALK_TOKEN_SECRET; prefer the env)",
+    )
+    s.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="on SIGTERM: stop admitting, let open sessions run up to this many seconds",
+    )
     _model_args(s)
 
     r = sub.add_parser("run-file", help="play a recording into a session as a live microphone")
@@ -73,6 +118,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--camera", help="an image (a still camera) or a video file as the camera")
     r.add_argument("--silence-ms", type=int, help="endpointing silence")
+    r.add_argument(
+        "--echo",
+        metavar="DELAY_MS,GAIN",
+        help="simulate a loudspeaker next to the microphone: the reply comes back into the "
+        "input DELAY_MS later at GAIN, with a little reverberation (e.g. 150,0.5)",
+    )
     _model_args(r)
 
     m = sub.add_parser("models", help="list each model role, what resolves, size and licence")
@@ -81,6 +132,14 @@ def _parser() -> argparse.ArgumentParser:
     msub = m.add_subparsers(dest="models_command")
     pull = msub.add_parser("pull", help="download a listed vision-language model (needs internet)")
     pull.add_argument("name", nargs="?")
+    ms = msub.add_parser(
+        "serve", help="serve this machine's models over the OpenAI APIs (/v1/audio/*, /v1/chat)"
+    )
+    ms.add_argument("--host", default="127.0.0.1")
+    ms.add_argument("--port", type=int, default=9000)
+    ms.add_argument("--api-key", help="require this bearer key (env SEETALK_MODELS_API_KEY)")
+    ms.add_argument("--roles", default="asr,tts,llm", help="which of asr,tts,llm to serve")
+    _model_args(ms)
     _model_args(m)
     return p
 
@@ -110,6 +169,20 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace, cfg: ModelConfig) -> int:
+    if args.models_command == "serve":
+        import os
+
+        from models.serve import serve_models
+
+        serve_models(
+            cfg,
+            roles=[r.strip() for r in args.roles.split(",") if r.strip()],
+            host=args.host,
+            port=args.port,
+            api_key=args.api_key or os.environ.get("SEETALK_MODELS_API_KEY") or None,
+            log_level="info" if args.verbose else "warning",
+        )
+        return 0
     if args.models_command == "pull":
         from models.pull import pull  # type: ignore[import-not-found]
 
@@ -125,8 +198,8 @@ def _models(args: argparse.Namespace, cfg: ModelConfig) -> int:
 
 
 def _run_file(args: argparse.Namespace, cfg: ModelConfig) -> int:
-    from models.engine import Engine
     from conversation.filesession import run_file
+    from models.engine import Engine
 
     settings = SessionSettings()
     if args.silence_ms is not None:
@@ -141,6 +214,15 @@ def _run_file(args: argparse.Namespace, cfg: ModelConfig) -> int:
         from vision.camera import FileCamera  # type: ignore[import-not-found]
 
         camera = FileCamera.open(args.camera)
+    echo = None
+    if args.echo:
+        from voice.loudspeaker import EchoSpec
+
+        try:
+            echo = EchoSpec.parse(args.echo)
+        except ValueError as exc:
+            print(f"seetalk: {exc}", file=sys.stderr)
+            return 2
     engine = Engine.load(cfg)
 
     async def go() -> None:
@@ -153,6 +235,7 @@ def _run_file(args: argparse.Namespace, cfg: ModelConfig) -> int:
                 fast=args.fast,
                 settings=settings,
                 camera=camera,
+                echo=echo,
             )
         finally:
             await engine.aclose()
@@ -185,7 +268,17 @@ def _serve(args: argparse.Namespace, cfg: ModelConfig) -> int:
         ice_servers=tuple(ice),
         certfile=args.certfile,
         keyfile=args.keyfile,
+        allow_origins=tuple(args.allow_origin or _env_list("SEETALK_ALLOW_ORIGINS")),
+        turn_urls=tuple(args.turn_url or _env_list("SEETALK_TURN_URLS")),
+        turn_secret=args.turn_secret or os.environ.get("SEETALK_TURN_SECRET") or None,
+        turn_ttl_s=args.turn_ttl,
+        docs=args.docs,
+        token_secret=args.token_secret or os.environ.get("SEETALK_TOKEN_SECRET") or None,
+        drain_timeout_s=args.drain_timeout,
     )
+    if server_cfg.turn_urls and not server_cfg.turn_secret:
+        print("seetalk: --turn-url needs --turn-secret (or SEETALK_TURN_SECRET)", file=sys.stderr)
+        return 2
     if bool(server_cfg.certfile) != bool(server_cfg.keyfile):
         print("seetalk: --certfile and --keyfile go together", file=sys.stderr)
         return 2
@@ -195,6 +288,13 @@ def _serve(args: argparse.Namespace, cfg: ModelConfig) -> int:
             return 2
     serve(cfg, server_cfg)
     return 0
+
+
+def _env_list(name: str) -> list[str]:
+    """A comma-separated ``SEETALK_*`` variable as a list (empty when unset)."""
+    import os
+
+    return [v.strip() for v in os.environ.get(name, "").split(",") if v.strip()]
 
 
 if __name__ == "__main__":

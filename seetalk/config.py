@@ -30,6 +30,13 @@ class ModelConfig:
     - ``llm_base_url``: an OpenAI-compatible server (vLLM, SGLang, llama.cpp, Ollama, OpenAI, xAI);
       when set it replaces the local model. ``llm_model`` and ``llm_api_key`` go with it.
     - ``mmproj``: the projector GGUF of a local vision-language model (with ``llm``).
+    - ``asr_base_url``: an OpenAI-compatible transcription server (``seetalk models serve``,
+      vLLM, a faster-whisper server, OpenAI) for final transcripts, replacing ``asr``;
+      ``asr_model``, ``asr_api_key`` and ``asr_timeout_s`` go with it. Partials stay local
+      on ``asr_partial`` unless it is ``""`` (then they go to the server too).
+    - ``tts_base_url``: an OpenAI-compatible speech server (``/audio/speech``, streamed PCM),
+      replacing ``voice``; ``tts_model``, ``tts_voice``, ``tts_api_key`` and
+      ``tts_timeout_s`` go with it.
     """
 
     vad: str | None = None
@@ -44,6 +51,93 @@ class ModelConfig:
     mmproj: str | None = None
     asr_threads: int = 2
     llm_threads: int = 2
+    asr_base_url: str | None = None
+    asr_model: str = "whisper-1"
+    asr_api_key: str | None = None
+    asr_timeout_s: float = 15.0
+    tts_base_url: str | None = None
+    tts_model: str = "tts-1"
+    tts_voice: str = "alloy"
+    tts_api_key: str | None = None
+    tts_timeout_s: float = 15.0
+
+
+MAX_INSTRUCTIONS_CHARS = 100_000  # as the protocol's top-level ``instructions``
+OUTPUT_RATES = (8_000, 16_000, 24_000, 48_000)
+AUDIO_FORMATS = ("audio/pcm", "audio/pcmu", "audio/pcma")
+
+Limit = tuple[type, Any, Any]
+"""``(type, low, high)``: numbers in ``[low, high]``; strings at most ``high`` characters;
+a tuple ``low`` of strings or ints is the set of allowed values (``high`` unused)."""
+
+TURN_LIMITS: dict[str, Limit] = {
+    "silence_ms": (int, 0, 10_000),
+    "vad_threshold": (float, 0.0, 1.0),  # exclusive at both ends
+    "prefix_padding_ms": (int, 0, 10_000),
+    "min_speech_ms": (int, 0, 10_000),
+    "min_silence_ms": (int, 0, 10_000),
+    "preemptive": (bool, None, None),
+    "interrupt": (bool, None, None),
+    "false_interruption_timeout_ms": (int, 0, 10_000),
+    "resume_false_interruption": (bool, None, None),
+    "mode": (str, ("server_vad", "none"), None),
+}
+"""Every :class:`TurnSettings` field and its range: the one table that both the settings
+objects and the ``session.update`` parser (``conversation/protocol.py``) check against."""
+
+SESSION_LIMITS: dict[str, Limit] = {
+    "instructions": (str, 0, MAX_INSTRUCTIONS_CHARS),
+    "voice": (str, 0, 256),
+    "max_output_tokens": (int, 1, 4096),
+    "temperature": (float, 0.0, 2.0),
+    "output_rate": (int, OUTPUT_RATES, None),
+    "history_turns": (int, 0, 200),
+    "camera_max_side": (int, 64, 4096),
+    "jpeg_quality": (int, 1, 100),
+    "max_keyframes": (int, 0, 8),
+    "input_format": (str, AUDIO_FORMATS, None),
+    "output_format": (str, AUDIO_FORMATS, None),
+    "echo": (str, ("auto", "on", "off"), None),
+}
+"""Every :class:`SessionSettings` field but ``turn`` (see :data:`TURN_LIMITS`)."""
+
+
+def check_setting(name: str, value: Any, limit: Limit) -> Any:
+    """``value`` if it has the type and range of ``limit`` (an int is a float), else
+    :class:`ConfigError` naming ``name``. Returns floats as ``float``."""
+    kind, lo, hi = limit
+    if isinstance(value, bool) != (kind is bool) or not isinstance(
+        value, (int, float) if kind is float else kind
+    ):
+        raise ConfigError(f"{name} must be {_KIND_NAMES[kind]}", param=name)
+    if kind is float:
+        value = float(value)  # type: ignore[arg-type]  # an int or a float, checked above
+        if name == "vad_threshold" and not lo < value < hi:
+            raise ConfigError(f"{name} must be between {lo:g} and {hi:g} (exclusive)", param=name)
+    if isinstance(lo, tuple):
+        if value not in lo:
+            raise ConfigError(f"{name} must be one of {list(lo)}, got {value!r}", param=name)
+    elif kind is str and len(value) > hi:
+        raise ConfigError(f"{name} is longer than {hi} characters", param=name)
+    elif kind in (int, float) and not lo <= value <= hi:
+        raise ConfigError(f"{name} must be from {lo:g} to {hi:g}, got {value!r}", param=name)
+    return value
+
+
+def check_settings(obj: Any, limits: dict[str, Limit]) -> None:
+    """Check every field of a frozen settings object against its limit."""
+    for name, limit in limits.items():
+        value = check_setting(name, getattr(obj, name), limit)
+        if value is not getattr(obj, name):  # an int given for a float
+            object.__setattr__(obj, name, value)
+
+
+_KIND_NAMES = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+}
 
 
 @dataclass(frozen=True)
@@ -74,20 +168,7 @@ class TurnSettings:
     mode: str = "server_vad"
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.vad_threshold < 1.0:
-            raise ConfigError("vad_threshold must be between 0 and 1", param="vad_threshold")
-        for name in (
-            "silence_ms",
-            "prefix_padding_ms",
-            "min_speech_ms",
-            "min_silence_ms",
-            "false_interruption_timeout_ms",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 10_000:
-                raise ConfigError(f"{name} must be an integer from 0 to 10000", param=name)
-        if self.mode not in ("server_vad", "none"):
-            raise ConfigError("turn mode must be 'server_vad' or 'none'", param="mode")
+        check_settings(self, TURN_LIMITS)
 
 
 DEFAULT_INSTRUCTIONS = (
@@ -98,7 +179,17 @@ DEFAULT_INSTRUCTIONS = (
 
 @dataclass(frozen=True)
 class SessionSettings:
-    """What a session chooses; ``session.update`` replaces fields with :func:`updated`."""
+    """What a session chooses; ``session.update`` replaces fields with :func:`updated`.
+    Every field is checked against :data:`SESSION_LIMITS` (:class:`ConfigError` otherwise).
+
+    ``input_format``/``output_format`` are the client's audio formats on the WebSocket API
+    (``audio/pcm`` 24 kHz, ``audio/pcmu``, ``audio/pcma``); the transport reads them when it
+    decodes and encodes audio (WebRTC carries audio on its media tracks and ignores them).
+    ``output_rate`` is the session's playout rate, chosen by the transport at the start.
+    ``echo``: server-side echo cancellation with the reply as the reference (docs/echo.md):
+    ``"auto"`` (on, unless the client says it cancels echo itself: the page sets ``"off"``),
+    ``"on"`` or ``"off"``.
+    """
 
     instructions: str = DEFAULT_INSTRUCTIONS
     voice: str = "default"
@@ -110,6 +201,14 @@ class SessionSettings:
     camera_max_side: int = 1024
     jpeg_quality: int = 75
     max_keyframes: int = 2
+    input_format: str = "audio/pcm"
+    output_format: str = "audio/pcm"
+    echo: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.turn, TurnSettings):
+            raise ConfigError("turn must be TurnSettings", param="turn")
+        check_settings(self, SESSION_LIMITS)
 
 
 @dataclass(frozen=True)
@@ -123,6 +222,21 @@ class ServerConfig:
     certfile: str | None = None
     keyfile: str | None = None
     max_ws_message_bytes: int = 4 * 1024 * 1024
+    # Web pages of other origins that may open sessions ("*": any); the page's own origin
+    # and clients that send no Origin (apps, servers) always may. See docs/security.md.
+    allow_origins: tuple[str, ...] = ()
+    # coturn REST-API shared secret: each session and page gets its own TURN credentials
+    # for turn_urls, valid turn_ttl_s seconds (docs/webrtc.md).
+    turn_urls: tuple[str, ...] = ()
+    turn_secret: str | None = None
+    turn_ttl_s: float = 3600.0
+    docs: bool = False  # serve /docs, /redoc and /openapi.json
+    max_body_bytes: int = 64 * 1024  # offer bodies; larger ones get 413
+    # Session tokens signed with this secret are accepted by every instance that shares it
+    # (None: a random secret per process, so tokens work only where they were minted).
+    token_secret: str | None = None
+    # SIGTERM: stop admitting, let open sessions run up to this long, then exit.
+    drain_timeout_s: float = 30.0
 
 
 def updated(obj: Any, changes: dict[str, Any], *, path: str = "") -> Any:
@@ -154,6 +268,10 @@ def updated(obj: Any, changes: dict[str, Any], *, path: str = "") -> Any:
         new[key] = value
     try:
         return dataclasses.replace(obj, **new)
+    except ConfigError as exc:  # a range check of the new object: name its full path
+        if exc.param is not None and path and not exc.param.startswith(path):
+            exc.param = f"{path}{exc.param}"
+        raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc), param=path.rstrip(".") or None) from exc
 

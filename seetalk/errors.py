@@ -69,6 +69,22 @@ class BackendTimeout(BackendError):
     code = "model_backend_timeout"
 
 
+class SpeechBackendError(BackendError):
+    """A remote speech role (``role``: ``"asr"`` or ``"tts"``) failed: its server is down,
+    too slow, or refused the request. The turn fails with this error; the next one tries
+    the server again, so the session recovers when the server returns."""
+
+    code = "speech_backend_error"
+
+    def __init__(self, message: str, *, role: str, param: str | None = None):
+        super().__init__(message, param=param)
+        self.role = role
+
+
+class SpeechBackendTimeout(SpeechBackendError, BackendTimeout):
+    code = "speech_backend_timeout"
+
+
 class ImagesRejected(BackendError):
     """The backend refused image input (a text-only model). The turn goes on without images."""
 

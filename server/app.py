@@ -1,16 +1,29 @@
 """The HTTP server: web page, WebRTC signalling, health, metrics, session tokens.
 
-``create_app`` builds the FastAPI app around a loaded engine (or a factory that loads one in a
+``create_app`` builds the FastAPI app around a session source (or a loader that makes one in a
 thread at start-up, reported by ``/healthz``); ``serve`` runs it on uvicorn with the
-websockets library as its WebSocket engine. Routes (see docs/webrtc.md):
+websockets library as its WebSocket engine. Routes (see docs/webrtc.md, docs/security.md):
 
-- ``GET /`` the web client, ``/static/*`` its files, ``GET /config`` ICE servers and auth mode.
+- ``GET /`` the web client, ``/static/*`` its files; ``GET /config`` auth mode and URLs, and
+  ICE servers (with per-session TURN credentials) for a caller holding a valid credential.
 - ``POST /offer``: JSON ``{"sdp", "type"}`` -> ``{"sdp", "type", "session_id"}``, or
   ``application/sdp`` -> ``application/sdp`` (201, ``Location`` and ``X-Session-Id`` headers).
 - ``POST /v1/realtime/calls`` the ``application/sdp`` form, where OpenAI Realtime clients post.
 - ``DELETE /sessions/{id}`` and ``POST /v1/realtime/calls/{id}/hangup`` end a session.
-- ``POST /session-token`` a short-lived, single-use token (needs the API key when one is set).
-- ``GET /healthz``, ``GET /metrics`` (Prometheus text), ``GET /sessions`` (per-peer stats).
+- ``POST /session-token`` a short-lived, single-use token and ICE servers (needs the API key
+  when one is set).
+- ``GET /healthz`` (open), ``GET /metrics`` (Prometheus text) and ``GET /sessions`` (per-peer
+  stats): the last two need the API key when one is set.
+- ``GET /livez`` (the process answers) and ``GET /readyz`` (models loaded, not draining), open,
+  for orchestrators' liveness and readiness probes.
+
+On SIGTERM, :func:`serve` drains: no new sessions (503 ``draining``; ``/healthz`` and
+``/readyz`` answer 503), open sessions run on until they end or ``drain_timeout_s`` passes,
+then the server exits. A second SIGTERM, or SIGINT, exits at once.
+
+Every session of any transport goes through :mod:`server.admission`. Offers are checked for
+origin, credential, body size (streamed against ``max_body_bytes``) and SDP
+(:mod:`server.sdp`) before a slot is taken; anything aiortc still raises is a 400.
 """
 
 from __future__ import annotations
@@ -18,62 +31,63 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from conversation.contract import SessionSource
+from conversation.contract import SessionSource, TransportSession
+from conversation.protocol import parse_client_object
 from seetalk.config import ModelConfig, ServerConfig
 from seetalk.errors import ConfigError, SeetalkError, Unauthorized
-from server.auth import Authenticator, bearer
+from server.admission import Admission, Refused
+from server.auth import Authenticator, OriginPolicy, bearer, turn_credentials
 from server.metrics import Metrics
+from server.sdp import SdpError, check_offer
 from server.webrtc import Peer
 
 log = logging.getLogger("seetalk.server")
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-MAX_SDP_BYTES = 64 * 1024
+CORS_PATHS = ("/offer", "/v1/realtime/calls", "/session-token", "/config", "/sessions/")
 
 
-class HttpError(Exception):
+class HttpError(Refused):
     """An error answered as ``{"error": {"type", "code", "message"}}`` with ``status``."""
 
     def __init__(self, status: int, code: str, message: str, type_: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.code, self.message, self.type = status, code, message, type_
+        super().__init__(status, code, message, type_)
 
     def response(self) -> JSONResponse:
-        body = {"error": {"type": self.type, "code": self.code, "message": self.message}}
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse(body, status_code=self.status, headers=headers)
+        return error_response(self)
+
+
+def error_response(exc: Refused) -> JSONResponse:
+    body = {"error": {"type": exc.type, "code": exc.code, "message": exc.message}}
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return JSONResponse(body, status_code=exc.status, headers=headers)
 
 
 def check_offer_sdp(sdp: str) -> None:
-    """Cheap checks before aiortc sees the offer; raises :class:`HttpError` (400)."""
-    if not sdp.strip():
-        raise HttpError(400, "invalid_sdp", "the offer SDP is empty")
-    if len(sdp) > MAX_SDP_BYTES:
-        raise HttpError(400, "invalid_sdp", f"the offer SDP is larger than {MAX_SDP_BYTES} bytes")
-    if not sdp.lstrip().startswith("v=0"):
-        raise HttpError(400, "invalid_sdp", "not an SDP offer: it must start with 'v=0'")
-    audio = [line for line in sdp.splitlines() if line.startswith("m=audio ")]
-    if not audio or all(line.split()[1:2] == ["0"] for line in audio):
-        raise HttpError(
-            400,
-            "no_audio",
-            "the offer has no audio: add a microphone track or an audio "
-            "transceiver (the assistant answers with audio)",
-        )
+    """:func:`server.sdp.check_offer` as an :class:`HttpError` (400)."""
+    try:
+        check_offer(sdp)
+    except SdpError as exc:
+        raise HttpError(400, exc.code, exc.message) from exc
 
 
 class Server:
-    """What the routes share: the engine, the live sessions, metrics and the authenticator.
+    """What the routes share: the admission gate and its session table, metrics, the
+    authenticator, the origin policy and the ICE servers.
 
     ``peers`` holds every live session of any transport; each value has ``id``,
     ``async close(reason)`` and ``stats()``, and counts against ``cfg.max_sessions``.
@@ -81,113 +95,241 @@ class Server:
 
     def __init__(
         self,
-        engine: Any,
+        engine: SessionSource | Callable[[], SessionSource],
         server_cfg: ServerConfig,
-        session_factory: Callable[[Any], Any] | None,
+        session_factory: Callable[[SessionSource], TransportSession] | None,
         clock: Callable[[], float],
         peer_options: dict[str, Any],
+        wall: Callable[[], float] = time.time,
     ):
         self.cfg = server_cfg
         self.clock = clock
+        self.wall = wall
         self.metrics = Metrics()
-        self.auth = Authenticator(server_cfg.api_key)
-        self.peers: dict[str, Any] = {}
-        self.starting = 0
+        self.auth = Authenticator(
+            server_cfg.api_key,
+            secret=server_cfg.token_secret,
+            # a shared token's expiry is wall-clock time, the same on every instance
+            skew=(lambda: wall() - clock()) if server_cfg.token_secret else None,
+        )
+        self.origins = OriginPolicy(server_cfg.allow_origins)
+        self.admission = Admission(
+            max_sessions=server_cfg.max_sessions, auth=self.auth, metrics=self.metrics, clock=clock
+        )
         self.peer_options = peer_options
         self.session_factory = session_factory or (lambda e: e.new_session(playout="paced"))
-        self.owns_engine = not isinstance(engine, SessionSource)
-        self.engine: Any = None if self.owns_engine else engine
-        self.factory: Callable[[], Any] | None = engine if self.owns_engine else None
-        self.engine_error: str | None = None
+        # a loader is a callable; anything else is the source itself
+        self.owns_engine = callable(engine) and not isinstance(engine, SessionSource)
+        self.factory: Callable[[], SessionSource] | None = None
+        if self.owns_engine:
+            self.factory = cast(Callable[[], SessionSource], engine)
+        else:
+            self.admission.source = cast(SessionSource, engine)
         self.video_executor = ThreadPoolExecutor(2, thread_name_prefix="seetalk-video")
 
     @property
+    def peers(self) -> dict[str, Any]:
+        return self.admission.peers
+
+    @property
+    def starting(self) -> int:
+        return self.admission.starting
+
+    @property
+    def engine(self) -> Any:
+        return self.admission.source
+
+    @property
+    def engine_error(self) -> str | None:
+        return self.admission.source_error
+
+    @property
     def status(self) -> str:
-        if self.engine is not None:
-            return "ready"
-        return "failed" if self.engine_error else "loading"
+        return self.admission.status
 
     async def load_engine(self) -> None:
         assert self.factory is not None
         try:
-            self.engine = await asyncio.to_thread(self.factory)
+            self.admission.source = await asyncio.to_thread(self.factory)
             log.info("engine ready")
         except Exception as exc:
-            self.engine_error = f"{type(exc).__name__}: {exc}"
+            self.admission.source_error = f"{type(exc).__name__}: {exc}"
             log.exception("engine failed to load")
 
-    async def open_session(self, sdp: str, initial: dict[str, Any] | None) -> tuple[Peer, str]:
-        if self.engine is None:
-            state = "failed to load: " + self.engine_error if self.engine_error else "loading"
-            raise HttpError(
-                503, "not_ready", f"the models are {state}; see /healthz", "server_error"
+    def origin_refusal(self, origin: str | None, host: str | None, scheme: str) -> str | None:
+        """Why a request from this ``Origin`` is refused, or ``None`` when it may pass."""
+        if self.origins.permits(origin, host, scheme):
+            return None
+        return (
+            f"origin {str(origin)[:100]!r} may not use this server: only its own page and the "
+            "origins of --allow-origin may (clients that send no Origin are not affected)"
+        )
+
+    def check_origin(self, request: Request) -> None:
+        why = self.origin_refusal(
+            request.headers.get("origin"), request.headers.get("host"), request.url.scheme
+        )
+        if why is not None:
+            self.admission.refuse("origin")
+            raise HttpError(403, "forbidden_origin", why)
+
+    def ice_servers(self, name: str | None = None) -> tuple[dict[str, Any], ...]:
+        """The static ICE servers, plus TURN credentials minted for ``name`` (a session id;
+        random when ``None``) when a TURN secret is configured."""
+        servers = tuple(dict(s) for s in self.cfg.ice_servers)
+        if self.cfg.turn_secret and self.cfg.turn_urls:
+            turn = turn_credentials(
+                self.cfg.turn_secret,
+                self.cfg.turn_urls,
+                self.cfg.turn_ttl_s,
+                name or secrets.token_hex(8),
+                self.wall(),
             )
-        if len(self.peers) + self.starting >= self.cfg.max_sessions:
-            self.metrics.session_rejected("capacity")
-            raise HttpError(
-                503,
-                "session_limit",
-                f"the server holds its maximum of "
-                f"{self.cfg.max_sessions} sessions; try again later",
-                "server_error",
-            )
-        self.starting += 1
-        try:
-            session = self.session_factory(self.engine)
-            await session.start()
-            peer = Peer(
-                session,
-                metrics=self.metrics,
-                ice_servers=self.cfg.ice_servers,
-                idle_timeout_s=self.cfg.idle_timeout_s,
-                video_executor=self.video_executor,
-                clock=self.clock,
-                **self.peer_options,
-            )
+            servers += (turn,)
+        return servers
+
+    async def open_session(
+        self, sdp: str, initial: dict[str, Any] | None, credential: str | None = None
+    ) -> tuple[Peer, str]:
+        """Admit, start a session and its peer, answer the offer. Raises :class:`Refused`."""
+        async with self.admission.reserve(credential) as slot:
+            session = self.session_factory(slot.source)
             try:
-                if initial:
+                await session.start()
+                peer = Peer(
+                    session,
+                    metrics=self.metrics,
+                    ice_servers=self.ice_servers(session.id),
+                    idle_timeout_s=self.cfg.idle_timeout_s,
+                    video_executor=self.video_executor,
+                    clock=self.clock,
+                    **self.peer_options,
+                )
+            except BaseException:
+                await session.aclose()
+                raise
+            try:
+                if initial:  # through the one parser, as if sent on the data channel
                     await session.handle_client_event(
-                        {"type": "session.update", "session": initial}
+                        parse_client_object({"type": "session.update", "session": initial})
                     )
                 answer = await peer.accept(sdp)
-            except BaseException as exc:
+            except Exception as exc:
+                await peer.close("rejected")  # the session and its connection, nothing leaks
+                slot.reason = "bad_sdp"
+                raise _offer_error(exc) from exc
+            except BaseException:
                 await peer.close("rejected")
-                if isinstance(exc, ValueError):
-                    self.metrics.session_rejected("bad_sdp")
-                    raise HttpError(400, "invalid_sdp", f"the offer was rejected: {exc}") from exc
                 raise
-            self.peers[peer.id] = peer
-            self.metrics.session_started()
-            peer.on_closed.append(self._forget)
+            slot.admit(peer)
             return peer, answer
-        finally:
-            self.starting -= 1
-
-    def _forget(self, peer: Peer) -> None:
-        if self.peers.pop(peer.id, None) is not None:
-            self.metrics.session_ended(peer.close_reason or "closed")
 
     async def close_all(self) -> None:
-        await asyncio.gather(
-            *(p.close("server_shutdown") for p in list(self.peers.values())), return_exceptions=True
-        )
+        await self.admission.close_all()
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop admitting sessions and wait until the open ones end, at most ``timeout_s``
+        (those still open are closed by the shutdown that follows). Cancelling it is safe."""
+        self.admission.draining = True
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout_s
+        log.info("draining: %d session(s) open, up to %g s", len(self.peers), timeout_s)
+        while (self.peers or self.starting) and loop.time() < end:
+            await asyncio.sleep(0.1)
+        log.info("drained: %d session(s) still open are closed now", len(self.peers))
+
+
+def _offer_error(exc: Exception) -> HttpError:
+    if isinstance(exc, SeetalkError):
+        return HttpError(400, exc.code, exc.message, exc.type)
+    log.info("offer rejected by aiortc: %r", exc)
+    detail = str(exc) or type(exc).__name__
+    return HttpError(400, "invalid_sdp", f"the offer was rejected: {detail[:200]}")
+
+
+class CorsMiddleware:
+    """CORS as a policy: only origins of the allow-list get CORS headers, on the signalling
+    paths; their preflight (``OPTIONS``) is answered here. Everyone else gets none."""
+
+    def __init__(self, app: ASGIApp, origins: OriginPolicy):
+        self.app = app
+        self.origins = origins
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(CORS_PATHS):
+            await self.app(scope, receive, send)
+            return
+        origin = _header(scope, b"origin")
+        if not self.origins.listed(origin):
+            await self.app(scope, receive, send)
+            return
+        assert origin is not None
+        allow = [
+            (b"access-control-allow-origin", origin.encode("latin-1")),
+            (b"vary", b"Origin"),
+        ]
+        if scope["method"] == "OPTIONS" and _header(scope, b"access-control-request-method"):
+            headers = allow + [
+                (b"access-control-allow-methods", b"GET, POST, DELETE, OPTIONS"),
+                (b"access-control-allow-headers", b"Authorization, Content-Type"),
+                (b"access-control-max-age", b"600"),
+                (b"content-length", b"0"),
+            ]
+            await send({"type": "http.response.start", "status": 204, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        expose = (b"access-control-expose-headers", b"Location, X-Session-Id")
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = dict(message)
+                message["headers"] = [*message.get("headers", []), *allow, expose]
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes ``limit``: a declared
+    ``Content-Length`` is checked first, then the bytes are counted as they stream in.
+    Nothing past the limit is kept: once the 413 is sent, uvicorn drops what the client
+    still sends (closing instead would reset the connection under the client's answer)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise HttpError(413, "body_too_large", f"the body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HttpError(413, "body_too_large", f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def create_app(
-    engine: Any,
+    engine: SessionSource | Callable[[], SessionSource],
     server_cfg: ServerConfig | None = None,
-    session_factory: Callable[[Any], Any] | None = None,
+    session_factory: Callable[[SessionSource], TransportSession] | None = None,
     *,
     web_dir: Path = WEB_DIR,
     clock: Callable[[], float] = time.monotonic,
     peer_options: dict[str, Any] | None = None,
     realtime_ws: bool = True,
 ) -> FastAPI:
-    """The app around ``engine`` (has ``new_session``) or a factory that loads one in a thread.
+    """The app around a :class:`~conversation.contract.SessionSource`, or a loader that
+    returns one (run in a thread at start-up).
 
-    ``session_factory(engine)`` makes a session (default: ``engine.new_session(playout=
-    "paced")``); ``peer_options`` go to :class:`~server.webrtc.Peer` (timeouts, video rate).
-    ``realtime_ws`` adds the OpenAI Realtime WebSocket route of ``server.realtime_ws``.
+    ``session_factory(source)`` makes a WebRTC session (default: ``source.new_session(
+    playout="paced")``); ``peer_options`` go to :class:`~server.webrtc.Peer` (timeouts, video
+    rate). ``realtime_ws`` adds the OpenAI Realtime WebSocket route of ``server.realtime_ws``.
     """
     cfg = server_cfg or ServerConfig()
     state = Server(engine, cfg, session_factory, clock, peer_options or {})
@@ -205,17 +347,27 @@ def create_app(
                 await state.engine.aclose()
             state.video_executor.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="seetalk", lifespan=lifespan)
+    docs = cfg.docs
+    app = FastAPI(
+        title="seetalk",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     app.state.seetalk = state
+    app.add_middleware(CorsMiddleware, origins=state.origins)
 
-    @app.exception_handler(HttpError)
-    async def _http_error(request: Request, exc: HttpError) -> JSONResponse:
-        return exc.response()
+    @app.exception_handler(Refused)
+    async def _refused(request: Request, exc: Refused) -> JSONResponse:
+        return error_response(exc)
 
     @app.exception_handler(Unauthorized)
     async def _unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
-        state.metrics.session_rejected("unauthorized")
-        return HttpError(401, exc.code, exc.message).response()
+        return error_response(HttpError(401, exc.code, exc.message))
+
+    def credential_of(request: Request) -> str | None:
+        return bearer(request.headers.get("authorization"))
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
@@ -224,14 +376,21 @@ def create_app(
     app.mount("/static", StaticFiles(directory=web_dir), name="static")
 
     @app.get("/config")
-    async def config() -> dict[str, Any]:
-        return {
-            "ice_servers": list(cfg.ice_servers),
+    async def config(request: Request) -> dict[str, Any]:
+        """Public: auth mode and URLs. ICE servers (TURN credentials) only for a caller with
+        a valid key or unspent token, or for anyone when the server has no key."""
+        body: dict[str, Any] = {
             "auth_required": state.auth.required,
             "token_url": "/session-token",
             "offer_url": "/offer",
-            "max_sessions": cfg.max_sessions,
         }
+        try:
+            state.auth.verify(credential_of(request), clock())
+        except Unauthorized:
+            return body
+        body["ice_servers"] = list(state.ice_servers())
+        body["max_sessions"] = cfg.max_sessions
+        return body
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
@@ -244,46 +403,70 @@ def create_app(
             body["error"] = state.engine_error
         return JSONResponse(body, status_code=200 if state.status == "ready" else 503)
 
+    @app.get("/livez")
+    async def livez() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        ready = state.status == "ready"
+        return JSONResponse({"status": state.status}, status_code=200 if ready else 503)
+
     @app.get("/metrics")
-    async def metrics() -> PlainTextResponse:
+    async def metrics(request: Request) -> PlainTextResponse:
+        state.auth.require_api_key(credential_of(request))
         text = state.metrics.render({"seetalk_engine_ready": float(state.status == "ready")})
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.post("/session-token")
     async def session_token(request: Request) -> dict[str, Any]:
-        state.auth.require_api_key(bearer(request.headers.get("authorization")))
+        state.check_origin(request)
+        state.auth.require_api_key(credential_of(request))
         token, expires = state.auth.mint(clock())
         ttl = expires - clock()
         return {
             "token": token,
             "expires_in": round(ttl, 3),
             "expires_at": round(time.time() + ttl, 3),
+            "ice_servers": list(state.ice_servers()),
         }
 
     @app.get("/sessions")
     async def sessions(request: Request) -> dict[str, Any]:
-        state.auth.require_api_key(bearer(request.headers.get("authorization")))
+        state.auth.require_api_key(credential_of(request))
         return {"sessions": [p.stats() for p in state.peers.values()]}
 
     async def offer(request: Request, *, allow_json: bool) -> Response:
-        state.auth.check_offer(bearer(request.headers.get("authorization")), clock())
+        state.check_origin(request)
+        credential = credential_of(request)
+        try:
+            state.auth.verify(credential, clock())  # fail fast; spent only once admitted
+        except Unauthorized:
+            state.admission.refuse("unauthorized")
+            raise
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        body = await request.body()
         initial: dict[str, Any] | None = None
-        if ctype == "application/sdp":
-            sdp, as_json = _text(body), False
-        elif ctype == "application/json" and allow_json:
-            sdp, initial = _json_offer(body)
-            as_json = True
-        else:
+        if ctype not in ("application/sdp", "application/json") or (
+            ctype == "application/json" and not allow_json
+        ):
             accepted = "application/json or application/sdp" if allow_json else "application/sdp"
             raise HttpError(
                 415,
                 "unsupported_media_type",
                 f"content type {ctype or '(none)'!r} is not supported: send {accepted}",
             )
-        check_offer_sdp(sdp)
-        peer, answer = await state.open_session(sdp, initial)
+        body = await read_body(request, cfg.max_body_bytes)
+        if ctype == "application/sdp":
+            sdp, as_json = _text(body), False
+        else:
+            sdp, initial = _json_offer(body)
+            as_json = True
+        try:
+            check_offer_sdp(sdp)
+        except HttpError:
+            state.admission.refuse("bad_sdp")
+            raise
+        peer, answer = await state.open_session(sdp, initial, credential)
         if as_json:
             return JSONResponse({"sdp": answer, "type": "answer", "session_id": peer.id})
         return Response(
@@ -302,12 +485,13 @@ def create_app(
         return await offer(request, allow_json=False)
 
     async def hangup(request: Request, session_id: str) -> Response:
-        credential = bearer(request.headers.get("authorization"))
+        state.check_origin(request)
+        credential = credential_of(request)
         if state.auth.required and not state.auth.is_api_key(credential):
             raise Unauthorized("ending a session needs the API key")
         peer = state.peers.get(session_id)
         if peer is None:
-            raise HttpError(404, "not_found", f"no session {session_id!r}")
+            raise HttpError(404, "not_found", f"no session {session_id[:100]!r}")
         await peer.close("hangup")
         return Response(status_code=204)
 
@@ -320,12 +504,9 @@ def create_app(
         return await hangup(request, session_id)
 
     if realtime_ws:
-        try:
-            from server.realtime_ws import add_realtime_routes
-        except ImportError:
-            log.warning("server.realtime_ws is missing: no WebSocket API")
-        else:
-            add_realtime_routes(app)
+        from server.realtime_ws import add_realtime_routes
+
+        add_realtime_routes(app)
     return app
 
 
@@ -341,7 +522,7 @@ def _json_offer(body: bytes) -> tuple[str, dict[str, Any] | None]:
 
     try:
         data = json.loads(body or b"null")
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise HttpError(400, "invalid_json", f"the body is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise HttpError(400, "invalid_json", 'send a JSON object {"sdp": ..., "type": "offer"}')
@@ -349,7 +530,7 @@ def _json_offer(body: bytes) -> tuple[str, dict[str, Any] | None]:
     if not isinstance(sdp, str):
         raise HttpError(400, "invalid_sdp", "'sdp' must be a string holding the offer")
     if kind != "offer":
-        raise HttpError(400, "invalid_sdp", f"'type' must be 'offer', not {kind!r}")
+        raise HttpError(400, "invalid_sdp", f"'type' must be 'offer', not {str(kind)[:40]!r}")
     session = data.get("session")
     if session is not None and not isinstance(session, dict):
         raise HttpError(400, "invalid_json", "'session' must be an object (session.update fields)")
@@ -357,9 +538,7 @@ def _json_offer(body: bytes) -> tuple[str, dict[str, Any] | None]:
 
 
 def serve(model_cfg: ModelConfig, server_cfg: ServerConfig, *, log_level: str = "info") -> None:
-    """Load the engine in the background and serve until interrupted."""
-    import uvicorn
-
+    """Load the engine in the background and serve until interrupted (SIGTERM drains)."""
     if bool(server_cfg.certfile) != bool(server_cfg.keyfile):
         raise ConfigError("HTTPS needs both a certificate file and a key file", param="certfile")
 
@@ -372,7 +551,7 @@ def serve(model_cfg: ModelConfig, server_cfg: ServerConfig, *, log_level: str = 
     app = create_app(load, server_cfg)
     scheme = "https" if server_cfg.certfile else "http"
     log.info("seetalk on %s://%s:%s", scheme, server_cfg.host, server_cfg.port)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=server_cfg.host,
         port=server_cfg.port,
@@ -382,6 +561,44 @@ def serve(model_cfg: ModelConfig, server_cfg: ServerConfig, *, log_level: str = 
         ssl_keyfile=server_cfg.keyfile,
         log_level=log_level,
     )
+    _DrainingServer(config, app.state.seetalk, server_cfg.drain_timeout_s).run()
 
 
-__all__ = ["HttpError", "SeetalkError", "check_offer_sdp", "create_app", "serve"]
+class _DrainingServer(uvicorn.Server):
+    """uvicorn whose first SIGTERM drains (:meth:`Server.drain`) before it exits."""
+
+    def __init__(self, config: uvicorn.Config, state: Server, timeout_s: float) -> None:
+        super().__init__(config)
+        self.state, self.timeout_s = state, timeout_s
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.drainer: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: Any = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if sig == signal.SIGTERM and self.drainer is None and self.loop is not None:
+            self.loop.call_soon_threadsafe(self._start_drain)  # from the signal handler
+            return
+        super().handle_exit(sig, frame)
+
+    def _start_drain(self) -> None:
+        if self.drainer is None:
+            self.drainer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            await self.state.drain(self.timeout_s)
+        finally:
+            self.should_exit = True
+
+
+__all__ = [
+    "HttpError",
+    "SeetalkError",
+    "check_offer_sdp",
+    "create_app",
+    "read_body",
+    "serve",
+]

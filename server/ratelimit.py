@@ -1,12 +1,20 @@
-"""A token bucket: pure, time is an argument.
+"""A token bucket: pure, time is an argument; and the client-event limits of every transport.
 
-The WebSocket API uses one per connection for appended audio (seconds of audio per second of
-wall time) and one for messages, so a client can neither flood memory with audio nor the
-event loop with events. Overflow policy: an event that finds too few tokens is refused whole
-(the caller answers it with a ``rate_limit_exceeded`` error); nothing is queued.
+Each WebSocket connection and each WebRTC peer holds one bucket for client messages (and the
+WebSocket one more for appended audio, in seconds of audio per second of wall time), so a
+client can neither flood memory with audio nor the event loop with events. Overflow policy:
+an event that finds too few tokens is refused whole (the caller answers it with a
+``rate_limit_exceeded`` error); nothing is queued.
 """
 
 from __future__ import annotations
+
+from typing import Final
+
+# The same limits on both transports (docs/realtime.md, "Limits").
+MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024  # larger client messages: ``message_too_large``
+EVENTS_PER_S: Final = 200.0  # client messages per second, sustained ...
+EVENTS_BURST: Final = 400.0  # ... and in one burst
 
 
 class TokenBucket:

@@ -128,3 +128,22 @@ class AudioEncoder:
 def duration_ms(n_bytes: int, fmt: AudioFormat) -> float:
     """Milliseconds of audio in ``n_bytes`` of ``fmt``."""
     return 1000.0 * n_bytes / (fmt.bytes_per_sample * fmt.rate)
+
+
+__all__ = [
+    "ALAW_DECODE",
+    "ALAW_ENCODE",
+    "FORMATS",
+    "G711_RATE",
+    "PCM16",
+    "PCMA",
+    "PCMU",
+    "PCM_RATE",
+    "ULAW_DECODE",
+    "ULAW_ENCODE",
+    "AudioEncoder",
+    "AudioFormat",
+    "decode_audio",
+    "duration_ms",
+    "encode_samples",
+]

@@ -5,15 +5,16 @@ Thin glue between a socket and a :class:`~conversation.session.Session` in ``pus
 shares its engine, authenticator, metrics and session limit (its ``peers`` table). One
 :class:`RealtimeConnection` per socket owns three tasks in a TaskGroup:
 
-- *receive*: text or binary frames -> :func:`~conversation.protocol.parse_client_event` ->
-  appends decoded (pcm16 24 kHz, G.711 mu-law/A-law 8 kHz) into ``session.push_audio``;
-  ``seetalk.input_image.append`` frames into ``session.push_video``; everything else into
-  ``session.handle_client_event``. Limits: messages above ``max_message_bytes`` are answered
+- *receive*: text or binary frames -> :func:`~conversation.protocol.parse_client_event` (the
+  one parser, shared with the data channel) -> appends decoded in the session's
+  ``input_format`` (pcm16 24 kHz, G.711 mu-law/A-law 8 kHz) into ``session.push_audio``;
+  every other typed event into ``session.handle_client_event``, as on the data channel.
+  Limits: messages above ``max_message_bytes`` are answered
   with an ``error`` and skipped, above ``close_message_bytes`` the socket closes with 1009;
   token buckets on appended audio seconds and on messages (overflow: refuse the event with
   ``rate_limit_exceeded``; nothing queues).
 - *send*: ``session.events`` and ``session.audio_out.read()`` chunks (as
-  ``response.output_audio.delta``, base64 in the client's output format) and the
+  ``response.output_audio.delta``, base64 in the session's ``output_format``) and the
   connection's own errors, written by this one task. Audio queued before an event is sent
   before it; chunks of a finished response are dropped. Local errors wait in a bounded
   outbox (overflow: drop the newest, counted).
@@ -37,38 +38,31 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, WebSocket
 from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect
 
-from seetalk.config import SessionSettings
-from seetalk.errors import BadImage, InvalidEvent, SeetalkError, Unauthorized
 from conversation import events
-from server.auth import bearer
+from conversation.contract import AudioChunk, TransportSession
 from conversation.protocol import (
+    FORMATS,
     ClientEvent,
-    ImageAppend,
     InputAudioAppend,
-    InputAudioClear,
-    InputAudioCommit,
-    ItemCreate,
-    ItemRetrieve,
     ItemTruncate,
-    SessionUpdate,
-    TurnDetection,
     parse_client_event,
 )
-from server.ratelimit import TokenBucket
+from seetalk.config import SessionSettings
+from seetalk.errors import InvalidEvent, SeetalkError
+from server.auth import bearer
+from server.ratelimit import EVENTS_BURST, EVENTS_PER_S, MAX_MESSAGE_BYTES, TokenBucket
 from server.realtime_codec import PCM16, PCM_RATE, AudioEncoder, AudioFormat, decode_audio
-from voice.audio import float_to_s16, resample
 
 log = logging.getLogger("seetalk.realtime")
 
 PATH = "/v1/realtime"
 SUBPROTOCOL = "realtime"
 KEY_SUBPROTOCOL = "openai-insecure-api-key."  # browsers cannot set headers on a WebSocket
-ITEM_MIRROR = 256  # conversation items kept for retrieve (overflow: forget the oldest)
+ITEM_MIRROR = 256  # items whose sent audio length is kept (overflow: forget the oldest)
 FINISHED_RESPONSES = 64  # ids remembered to drop their late audio (overflow: oldest)
 
 
@@ -86,12 +80,12 @@ class RealtimeLimits:
     - ``idle_timeout_s``: no client message for this long closes the socket.
     """
 
-    max_message_bytes: int = 4 * 1024 * 1024
+    max_message_bytes: int = MAX_MESSAGE_BYTES
     close_message_bytes: int = 16 * 1024 * 1024
     audio_rate_s: float = 4.0
     audio_burst_s: float = 60.0
-    events_per_s: float = 200.0
-    events_burst: float = 400.0
+    events_per_s: float = EVENTS_PER_S
+    events_burst: float = EVENTS_BURST
     outbox: int = 64
     idle_timeout_s: float = 300.0
 
@@ -108,7 +102,7 @@ class RealtimeConnection:
     def __init__(
         self,
         ws: WebSocket,
-        session: Any,
+        session: TransportSession,
         *,
         model: str = "seetalk",
         limits: RealtimeLimits | None = None,
@@ -126,8 +120,6 @@ class RealtimeConnection:
         self.close_code = 1000
         self.on_closed: list[Callable[[Any], None]] = []
         self.counters: Counter[str] = Counter()
-        self.in_format: AudioFormat = PCM16
-        self.out_format: AudioFormat = PCM16
         self.last_client_event = clock()
         now = clock()
         self._audio_bucket = TokenBucket(
@@ -139,14 +131,21 @@ class RealtimeConnection:
         self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self.limits.outbox)
         self._encoder = AudioEncoder(PCM16)
         self._encoder_item: str | None = None
-        self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._sent_ms: OrderedDict[str, float] = OrderedDict()
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._audio_done: OrderedDict[str, None] = OrderedDict()
-        self._manual_samples = 0  # turn detection off: samples appended since commit/clear
         self._stop = asyncio.Event()
         self._done = asyncio.Event()
         self._disconnected = False
+
+    @property
+    def in_format(self) -> AudioFormat:
+        """The client's input format: a session setting (``audio.input.format``)."""
+        return FORMATS.get(self.session.settings.input_format, PCM16)
+
+    @property
+    def out_format(self) -> AudioFormat:
+        return FORMATS.get(self.session.settings.output_format, PCM16)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -256,26 +255,23 @@ class RealtimeConnection:
 
     async def _dispatch(self, event: ClientEvent) -> None:
         try:
-            await self._dispatch_one(event)
+            if isinstance(event, InputAudioAppend):
+                self._append(event)
+                return
+            if isinstance(event, ItemTruncate):
+                self._check_truncate(event)
+            await self.session.handle_client_event(event)
         except SeetalkError:
             raise
         except Exception as exc:  # a session bug must not end the connection silently
             log.exception("realtime %s failed on %s", self.id, event.type)
             raise SeetalkError(f"internal error: {exc}") from exc
 
-    async def _dispatch_one(self, event: ClientEvent) -> None:
-        if isinstance(event, InputAudioAppend):
-            self._append(event)
-        elif isinstance(event, ItemRetrieve):
-            self._retrieve(event)
-        elif isinstance(event, ImageAppend):
-            await self._image(event)
-        else:
-            await self._forward(event)
-
     def _append(self, event: InputAudioAppend) -> None:
-        samples = decode_audio(event.audio, self.in_format)
-        seconds = len(samples) / self.in_format.rate
+        """The one thing only this transport does: audio in the client's format."""
+        fmt = self.in_format
+        samples = decode_audio(event.audio, fmt)
+        seconds = len(samples) / fmt.rate
         if not self._audio_bucket.take(seconds, self.clock()):
             self.counters["audio_refused"] += 1
             raise InvalidEvent(
@@ -285,92 +281,19 @@ class RealtimeConnection:
                 param="audio",
             )
         if len(samples):
-            self.session.push_audio(samples, self.in_format.rate, 1)
-            self._manual_samples += len(samples)
+            self.session.push_audio(samples, fmt.rate, 1)
             self.counters["audio_in_ms"] += round(seconds * 1000)
 
-    async def _forward(self, event: ClientEvent) -> None:
-        """Validate what only the transport knows, then hand the event to the session."""
-        data = event.to_dict()
-        manual = self._turn_mode() == "none"
-        if isinstance(event, SessionUpdate):
-            td = event.turn_detection
-            if isinstance(td, TurnDetection) and td.create_response is False:
-                raise InvalidEvent(
-                    "create_response: false is not supported: seetalk answers every turn",
-                    code="unsupported",
-                    param="session.audio.input.turn_detection.create_response",
-                )
-            data = event.engine_dict()
-        elif isinstance(event, InputAudioCommit) and manual and self._manual_samples == 0:
+    def _check_truncate(self, event: ItemTruncate) -> None:
+        """The client cannot have heard audio this socket never sent."""
+        sent = self._sent_ms.get(event.item_id)
+        if sent is not None and event.audio_end_ms > sent + 1:
             raise InvalidEvent(
-                "the input audio buffer is empty: append audio before commit",
-                code="input_audio_buffer_commit_empty",
+                f"audio_end_ms {event.audio_end_ms} is past the {int(sent)} ms of audio "
+                f"sent for item {event.item_id!r}",
+                code="invalid_value",
+                param="audio_end_ms",
             )
-        elif isinstance(event, ItemTruncate):
-            sent = self._sent_ms.get(event.item_id)
-            if sent is not None and event.audio_end_ms > sent + 1:
-                raise InvalidEvent(
-                    f"audio_end_ms {event.audio_end_ms} is past the {int(sent)} ms of audio "
-                    f"sent for item {event.item_id!r}",
-                    code="invalid_value",
-                    param="audio_end_ms",
-                )
-        elif isinstance(event, ItemCreate):
-            data = self._item_to_pcm16(data)
-        await self.session.handle_client_event(data)
-        if isinstance(event, InputAudioCommit | InputAudioClear):
-            self._manual_samples = 0
-        if isinstance(event, SessionUpdate):
-            self.in_format = event.input_format or self.in_format
-            if event.output_format is not None and event.output_format != self.out_format:
-                self.out_format = event.output_format
-                self._encoder = AudioEncoder(self.out_format)
-
-    def _turn_mode(self) -> str:
-        settings = getattr(self.session, "settings", None)
-        return str(getattr(getattr(settings, "turn", None), "mode", "server_vad"))
-
-    def _item_to_pcm16(self, data: dict[str, Any]) -> dict[str, Any]:
-        """``input_audio`` content in G.711 becomes pcm16 24 kHz, as the session reads it."""
-        if self.in_format == PCM16:
-            return data
-        for part in data["item"]["content"]:
-            if part.get("type") == "input_audio" and "audio" in part:
-                raw = base64.b64decode(part["audio"])
-                samples = decode_audio(raw, self.in_format).astype(np.float32) / 32768.0
-                pcm = float_to_s16(resample(samples, self.in_format.rate, PCM_RATE))
-                part["audio"] = base64.b64encode(pcm.astype("<i2").tobytes()).decode("ascii")
-        return data
-
-    def _retrieve(self, event: ItemRetrieve) -> None:
-        item = self._items.get(event.item_id)
-        if item is None:
-            raise InvalidEvent(
-                f"no item {event.item_id!r} in the conversation",
-                code="item_not_found",
-                param="item_id",
-            )
-        self._local(
-            {
-                "type": "conversation.item.retrieved",
-                "event_id": events.new_id("event"),
-                "item": item,
-            }
-        )
-
-    async def _image(self, event: ImageAppend) -> None:
-        push = getattr(self.session, "push_video", None)
-        if push is None:
-            raise InvalidEvent("this server has no camera input", code="unsupported")
-        import cv2  # a heavy import, only camera clients need it
-
-        buf = np.frombuffer(event.image, dtype=np.uint8)
-        frame = await asyncio.to_thread(cv2.imdecode, buf, cv2.IMREAD_COLOR)
-        if frame is None:
-            raise BadImage("the image does not decode", param="image_url")
-        push(frame, time.monotonic())
-        self.counters["video_frames_in"] += 1
 
     def _error(self, err: dict[str, Any]) -> None:
         self.counters["errors"] += 1
@@ -402,11 +325,9 @@ class RealtimeConnection:
                 # output buffer; the session clears it on barge-in).
                 for _ in range(256):
                     task = pending.get("audio")
-                    if task is None and getattr(audio_out, "buffered_samples", 0) > 0:
+                    if task is None and audio_out.buffered_samples > 0:
                         pending["audio"] = task = asyncio.ensure_future(audio_out.read())
-                    if task is None or (
-                        not task.done() and getattr(audio_out, "buffered_samples", 0) <= 0
-                    ):
+                    if task is None or (not task.done() and audio_out.buffered_samples <= 0):
                         break
                     await asyncio.wait([task])
                     del pending["audio"]
@@ -421,15 +342,17 @@ class RealtimeConnection:
                 task.cancel()
             await asyncio.gather(*pending.values(), return_exceptions=True)
 
-    async def _send_audio(self, chunk: Any) -> None:
+    async def _send_audio(self, chunk: AudioChunk) -> None:
         if chunk.reply_id in self._finished:
             self.counters["audio_chunks_dropped"] += 1
             return
+        if self._encoder.fmt != self.out_format:  # session.update changed the format
+            self._encoder, self._encoder_item = AudioEncoder(self.out_format), None
         if chunk.item_id != self._encoder_item:
             self._encoder.reset()
             self._encoder_item = chunk.item_id
         data = self._encoder.encode(chunk.samples)
-        end = (getattr(chunk, "start", 0) + len(chunk.samples)) * 1000 / PCM_RATE
+        end = (chunk.start + len(chunk.samples)) * 1000 / PCM_RATE
         _remember(self._sent_ms, chunk.item_id, end, ITEM_MIRROR)
         self.counters["audio_out_ms"] += round(len(chunk.samples) * 1000 / PCM_RATE)
         await self._write(events.audio_delta(chunk.reply_id, chunk.item_id, _b64(data)))
@@ -443,24 +366,12 @@ class RealtimeConnection:
         await self._write(event)
 
     def _observe(self, event: dict[str, Any]) -> list[dict[str, Any]]:
-        """Keep the transport's view of the conversation; adjust session events in place.
-        Returns events to send before this one."""
+        """Adjust session events in place for this socket; returns events to send before
+        this one (the G.711 resampler's tail, and ``output_audio.done`` when missing)."""
         kind = event.get("type")
         before: list[dict[str, Any]] = []
         if kind in ("session.created", "session.updated"):
-            event["session"] = self._session_object(event.get("session") or {})
-        elif kind in ("conversation.item.added", "conversation.item.done"):
-            item = event.get("item") or {}
-            if isinstance(item.get("id"), str):
-                _remember(self._items, item["id"], item, ITEM_MIRROR)
-        elif kind == "conversation.item.truncated":
-            item = self._items.get(str(event.get("item_id")))
-            if item is not None and item.get("content"):
-                item["content"][0]["transcript"] = event.get("transcript")
-        elif kind == "conversation.item.deleted":
-            self._items.pop(str(event.get("item_id")), None)
-        elif kind == "input_audio_buffer.committed":
-            self._manual_samples = 0
+            event["session"] = dict(event.get("session") or {}, model=self.model)
         elif kind == "response.output_audio.done":
             _remember(self._audio_done, str(event.get("response_id")), None, FINISHED_RESPONSES)
         elif kind == "response.output_audio_transcript.done":
@@ -477,15 +388,6 @@ class RealtimeConnection:
             rid = str((event.get("response") or {}).get("id"))
             _remember(self._finished, rid, None, FINISHED_RESPONSES)
         return before
-
-    def _session_object(self, session: dict[str, Any]) -> dict[str, Any]:
-        s = dict(session)
-        s["model"] = self.model
-        audio = {k: dict(v) for k, v in (s.get("audio") or {}).items()}
-        audio.setdefault("input", {})["format"] = self.in_format.to_dict()
-        audio.setdefault("output", {})["format"] = self.out_format.to_dict()
-        s["audio"] = audio
-        return s
 
     async def _write(self, event: dict[str, Any]) -> None:
         try:
@@ -525,12 +427,14 @@ def credentials(ws: WebSocket) -> tuple[str | None, str | None]:
 
 
 async def _deny(ws: WebSocket, status: int, code: str, message: str, type_: str) -> None:
+    """Refuse the handshake with an HTTP ``status`` and a JSON error body (or, where the
+    server cannot send one, close the socket with 1008 or 1013)."""
     body = {"error": {"type": type_, "code": code, "message": message}}
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     try:
         await ws.send_denial_response(JSONResponse(body, status_code=status, headers=headers))
     except RuntimeError:  # the server lacks the denial-response extension
-        await ws.close(1008 if status == 401 else 1013, message[:120])
+        await ws.close(1008 if status in (401, 403) else 1013, message[:120])
 
 
 def add_realtime_routes(
@@ -542,10 +446,11 @@ def add_realtime_routes(
 ) -> None:
     """Add the WebSocket route to an app of :func:`server.app.create_app`.
 
-    Uses ``app.state.seetalk`` (the engine, ``auth``, ``metrics``, ``cfg``, ``peers``):
-    WebSocket sessions count against the same ``max_sessions`` as WebRTC ones and are
-    listed, ended and shut down with them.
+    Uses ``app.state.seetalk``: its origin policy, and its admission (credential, readiness,
+    ``max_sessions`` shared with WebRTC, the session table, metrics), so WebSocket sessions
+    are admitted, listed, ended and shut down exactly as WebRTC ones are.
     """
+    from server.admission import Refused  # here: the import block above is the connection's
 
     @app.websocket(path)
     async def realtime(ws: WebSocket) -> None:
@@ -556,31 +461,20 @@ def add_realtime_routes(
             close_message_bytes=max(cfg.max_ws_message_bytes, 16 * 1024 * 1024),
             idle_timeout_s=cfg.idle_timeout_s,
         )
+        why = state.origin_refusal(ws.headers.get("origin"), ws.headers.get("host"), ws.url.scheme)
+        if why is not None:
+            state.admission.refuse("origin")
+            await _deny(ws, 403, "forbidden_origin", why, "invalid_request_error")
+            return
         credential, subprotocol = credentials(ws)
         try:
-            state.auth.check_offer(credential, state.clock())
-        except Unauthorized as exc:
-            state.metrics.session_rejected("unauthorized")
-            await _deny(ws, 401, exc.code, exc.message, exc.type)
+            slot = state.admission.reserve(credential)
+        except Refused as exc:
+            await _deny(ws, exc.status, exc.code, exc.message, exc.type)
             return
-        if state.engine is None:
-            why = f"failed to load: {state.engine_error}" if state.engine_error else "loading"
-            await _deny(ws, 503, "not_ready", f"the models are {why}; see /healthz", "server_error")
-            return
-        if len(state.peers) + state.starting >= cfg.max_sessions:
-            state.metrics.session_rejected("capacity")
-            await _deny(
-                ws,
-                503,
-                "session_limit",
-                f"the server holds its maximum of {cfg.max_sessions} sessions; try again later",
-                "server_error",
-            )
-            return
-        state.starting += 1
-        try:
+        async with slot:
             base = settings or SessionSettings()
-            session = state.engine.new_session(replace(base, output_rate=PCM_RATE), playout="push")
+            session = slot.source.new_session(replace(base, output_rate=PCM_RATE), playout="push")
             try:
                 await session.start()
                 await ws.accept(subprotocol=subprotocol)
@@ -595,17 +489,7 @@ def add_realtime_routes(
                 metrics=state.metrics,
                 clock=state.clock,
             )
-            state.peers[conn.id] = conn
-        finally:
-            state.starting -= 1
-        state.metrics.session_started()
-
-        def forget(c: Any) -> None:
-            if state.peers.get(c.id) is c:
-                del state.peers[c.id]
-                state.metrics.session_ended(c.close_reason or "closed")
-
-        conn.on_closed.append(forget)
+            slot.admit(conn)
         log.info("realtime %s open (model=%s)", conn.id, conn.model)
         await conn.run()
         log.info("realtime %s closed: %s", conn.id, conn.close_reason)

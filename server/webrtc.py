@@ -7,12 +7,17 @@ cancelled and awaited by :meth:`Peer.close`). Data paths and their bounds:
 - camera track -> :class:`~server.tracks.LatestFrame` (latest-wins) -> scaled BGR conversion in
   a worker thread at most ``video_fps`` times a second -> ``session.push_video``.
 - ``session.audio_out.pull`` -> :class:`~server.tracks.PacedAudioTrack` (exact 20 ms frames).
-- ``session.events`` -> every open data channel as JSON text. Until a channel opens, events
-  wait in a deque of ``PENDING_EVENTS`` (overflow: drop oldest). Above ``HIGH_WATER`` bytes
-  buffered on a channel, transient events (deltas) are dropped for that channel.
-  ``response.output_audio.delta`` is never sent: the audio travels on the media track.
-- data channel text -> JSON -> a queue of ``CLIENT_EVENTS`` -> ``session.handle_client_event``
-  (overflow: reject the new event with an ``error`` event, code ``rate_limited``).
+- ``session.events`` -> ONE data channel as JSON text: the one the client last spoke on,
+  else the first open one. Until a channel opens, events wait in a deque of
+  ``PENDING_EVENTS`` (overflow: drop oldest). Above ``HIGH_WATER`` bytes buffered on it,
+  transient events (deltas) are dropped. ``response.output_audio.delta`` is never sent: the
+  audio travels on the media track. At most ``MAX_CHANNELS`` channels per peer; another is
+  told why in an ``error`` event and closed.
+- data channel messages -> :func:`~conversation.protocol.parse_client_event` (the parser of
+  the WebSocket API, with its size and depth limits) -> a token bucket of
+  ``events_per_s``/``events_burst`` (overflow: ``rate_limit_exceeded``) -> a queue of
+  ``CLIENT_EVENTS`` (overflow: ``rate_limit_exceeded``) -> ``session.handle_client_event``.
+  Nothing a client sends can raise into aiortc.
 
 The peer ends when the connection closes or fails, when no media arrives for
 ``media_timeout_s``, when it is idle past ``idle_timeout_s``, or when asked.
@@ -33,17 +38,20 @@ import av
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from seetalk.errors import SeetalkError
 from conversation import events
+from conversation.contract import TransportSession
+from conversation.protocol import ClientEvent, InputAudioAppend, parse_client_event
+from seetalk.errors import InvalidEvent, SeetalkError
 from server.metrics import Metrics
+from server.ratelimit import EVENTS_BURST, EVENTS_PER_S, MAX_MESSAGE_BYTES, TokenBucket
 from server.tracks import LatestFrame, PacedAudioTrack, frame_to_bgr
 
 log = logging.getLogger("seetalk.webrtc")
 
-PENDING_EVENTS = 256
-CLIENT_EVENTS = 64
+PENDING_EVENTS = 256  # events before a channel opens (overflow: drop the oldest)
+CLIENT_EVENTS = 64  # parsed client events waiting for the session (overflow: refuse)
 HIGH_WATER = 1 << 20
-MAX_CLIENT_MESSAGE = 256 * 1024
+MAX_CHANNELS = 4  # data channels per peer; more are closed with an error event
 NEVER_SENT = frozenset({"response.output_audio.delta"})
 
 
@@ -66,7 +74,7 @@ class Peer:
 
     def __init__(
         self,
-        session: Any,
+        session: TransportSession,
         *,
         metrics: Metrics,
         ice_servers: tuple[dict[str, Any], ...] = (),
@@ -77,6 +85,9 @@ class Peer:
         video_max_side: int = 1280,
         video_executor: Executor | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        events_per_s: float = EVENTS_PER_S,
+        events_burst: float = EVENTS_BURST,
     ) -> None:
         self.session = session
         self.id: str = session.id
@@ -86,8 +97,7 @@ class Peer:
         self.media_timeout_s = media_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.video_interval = 1.0 / video_fps if video_fps > 0 else 0.0
-        max_side = getattr(getattr(session, "settings", None), "camera_max_side", video_max_side)
-        self.video_max_side = min(int(max_side), video_max_side)
+        self.video_max_side = min(session.settings.camera_max_side, video_max_side)
         self._executor = video_executor
         self._clock = clock
         self.created = clock()
@@ -97,14 +107,16 @@ class Peer:
         self.close_reason: str | None = None
         self.channels: list[Any] = []
         self.counters: collections.Counter[str] = collections.Counter()
+        self.max_message_bytes = max_message_bytes
+        self._channel: Any = None  # where events go: the channel the client last spoke on
+        self._event_bucket = TokenBucket(events_per_s, events_burst, now=self.created)
         self._pending: collections.deque[str] = collections.deque(maxlen=PENDING_EVENTS)
-        self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(CLIENT_EVENTS)
+        self._inbox: asyncio.Queue[ClientEvent] = asyncio.Queue(CLIENT_EVENTS)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._close_task: asyncio.Task[None] | None = None
         self._connected = False
         self.on_closed: list[Callable[[Peer], None]] = []
-        rate = getattr(getattr(session, "settings", None), "output_rate", 48_000)
-        self.audio_track = PacedAudioTrack(session.audio_out.pull, rate)
+        self.audio_track = PacedAudioTrack(session.audio_out.pull, session.settings.output_rate)
         self.latest_video = LatestFrame()
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -157,7 +169,7 @@ class Peer:
         self._tasks.clear()
         self.audio_track.stop()
         try:
-            await self.pc.close()
+            await close_peer_connection(self.pc)
         finally:
             try:
                 await self.session.aclose()
@@ -198,57 +210,69 @@ class Peer:
             self._spawn(self._convert_video(), "video-convert")
 
     def _on_datachannel(self, channel: Any) -> None:
+        if len(self.channels) >= MAX_CHANNELS:
+            self.counters["channels_refused"] += 1
+            self._send_error(
+                channel,
+                InvalidEvent(
+                    f"at most {MAX_CHANNELS} data channels per session; this one is closed",
+                    code="too_many_channels",
+                ),
+            )
+            channel.close()
+            return
         self.channels.append(channel)
         channel.on("message", lambda message: self._on_message(channel, message))
         channel.on("close", lambda: self._forget_channel(channel))
-        while self._pending:
+        if self._channel is None:
+            self._channel = channel
+        while self._pending and channel.readyState == "open":
             channel.send(self._pending.popleft())
 
     def _forget_channel(self, channel: Any) -> None:
         if channel in self.channels:
             self.channels.remove(channel)
+        if self._channel is channel:
+            self._channel = next((c for c in self.channels if c.readyState == "open"), None)
 
     def _on_message(self, channel: Any, message: str | bytes) -> None:
-        self.last_client_event = self._clock()
-        self.counters["client_events"] += 1
-        if not isinstance(message, str):
-            self._send_error(channel, "binary messages are not events: send JSON text")
-            return
-        if len(message) > MAX_CLIENT_MESSAGE:
-            self._send_error(channel, f"event larger than {MAX_CLIENT_MESSAGE} bytes")
-            return
+        """aiortc's callback: parse, limit, queue. Never raises (a failure here would
+        reach aiortc's transport and end the session)."""
         try:
-            event = json.loads(message)
-        except ValueError as exc:
-            self._send_error(channel, f"malformed JSON: {exc}")
-            return
-        if not isinstance(event, dict):
-            self._send_error(channel, "an event must be a JSON object with a 'type'")
-            return
-        try:
-            self._inbox.put_nowait(event)
-        except asyncio.QueueFull:
-            self._send_error(
-                channel,
-                "too many events in flight; slow down",
-                code="rate_limited",
-                event_id=event.get("event_id"),
-            )
+            self.last_client_event = self._clock()
+            self.counters["client_events"] += 1
+            self._channel = channel  # answers go where the client last spoke
+            if not self._event_bucket.take(1.0, self._clock()):
+                raise InvalidEvent("too many events: slow down", code="rate_limit_exceeded")
+            event = parse_client_event(message, max_bytes=self.max_message_bytes)
+            if isinstance(event, InputAudioAppend):
+                raise InvalidEvent(
+                    "input_audio_buffer.append is not used over WebRTC: the microphone "
+                    "audio travels on the media track",
+                    code="unsupported",
+                    param="type",
+                    event_id=event.event_id,
+                )
+            try:
+                self._inbox.put_nowait(event)
+            except asyncio.QueueFull:
+                raise InvalidEvent(
+                    "too many events in flight: slow down",
+                    code="rate_limit_exceeded",
+                    event_id=event.event_id,
+                ) from None
+        except SeetalkError as exc:
+            self._send_error(channel, exc)
+        except Exception as exc:  # never into aiortc
+            log.exception("session %s: a client message failed", self.id)
+            self._send_error(channel, SeetalkError(f"internal error: {exc}"))
 
-    def _send_error(
-        self, channel: Any, message: str, *, code: str = "invalid_event", event_id: Any = None
-    ) -> None:
-        err = {
-            "type": "invalid_request_error",
-            "code": code,
-            "message": message,
-            "param": None,
-            "event_id": event_id if isinstance(event_id, str) else None,
-        }
-        event = events.error(err)
+    def _send_error(self, channel: Any, exc: SeetalkError) -> None:
+        event = events.error(exc.to_event_error())
         self.metrics.observe_event(event)
         if channel.readyState == "open":
             channel.send(json.dumps(event))
+            self.counters["events_out"] += 1
 
     # --- tasks ----------------------------------------------------------------------------------
 
@@ -275,9 +299,7 @@ class Peer:
             try:
                 frame = await track.recv()
             except MediaStreamError:
-                stopped = getattr(self.session, "camera_stopped", None)
-                if stopped is not None:
-                    stopped()
+                self.session.camera_stopped()
                 return
             self.last_media = self._clock()
             self.counters["video_frames_in"] += 1
@@ -314,20 +336,24 @@ class Peer:
         self._broadcast(event)
 
     def _broadcast(self, event: dict[str, Any]) -> None:
+        """Send an event on the one channel the client listens on (or keep it until one
+        opens)."""
         kind = str(event.get("type", ""))
         if kind in NEVER_SENT:
             return
         text = json.dumps(event)
-        open_channels = [c for c in self.channels if c.readyState == "open"]
-        if not open_channels:
+        channel = self._channel
+        if channel is None or channel.readyState != "open":
+            channel = next((c for c in self.channels if c.readyState == "open"), None)
+            self._channel = channel
+        if channel is None:
             self._pending.append(text)
             return
-        for channel in open_channels:
-            if channel.bufferedAmount > HIGH_WATER and _transient(kind):
-                self.counters["events_dropped"] += 1
-                continue
-            channel.send(text)
-            self.counters["events_out"] += 1
+        if channel.bufferedAmount > HIGH_WATER and _transient(kind):
+            self.counters["events_dropped"] += 1
+            return
+        channel.send(text)
+        self.counters["events_out"] += 1
 
     async def _serve_client_events(self) -> None:
         while True:
@@ -335,20 +361,12 @@ class Peer:
             try:
                 await self.session.handle_client_event(event)
             except SeetalkError as exc:
+                exc.event_id = exc.event_id or event.event_id
                 self._report(events.error(exc.to_event_error()))
             except Exception as exc:  # a session bug must not end the peer silently
                 log.exception("session %s failed on a client event", self.id)
-                self._report(
-                    events.error(
-                        {
-                            "type": "server_error",
-                            "code": "internal_error",
-                            "message": str(exc),
-                            "param": None,
-                            "event_id": event.get("event_id"),
-                        }
-                    )
-                )
+                err = SeetalkError(f"internal error: {exc}", event_id=event.event_id)
+                self._report(events.error(err.to_event_error()))
 
     async def _watchdog(self, period: float = 0.5) -> None:
         while True:
@@ -379,3 +397,23 @@ class Peer:
             "video_frames_dropped": self.latest_video.dropped,
             **self.counters,
         }
+
+
+async def _no_consent_checks() -> None:
+    return None
+
+
+async def close_peer_connection(pc: RTCPeerConnection) -> None:
+    """``pc.close()``, working around a race in aioice 0.13: when ICE completes while the
+    connection is being closed, ``Connection.connect`` starts its consent-freshness task
+    after ``close`` ran, and that task then polls every 5 s forever. Before closing, each ICE connection's consent
+    check is made a no-op, so a task started late ends at once (one started earlier is
+    cancelled by ``close`` as usual)."""
+    transports = [t.sender.transport for t in pc.getTransceivers() if t.sender.transport]
+    if pc.sctp is not None:
+        transports.append(pc.sctp.transport)
+    for dtls in transports:
+        connection = getattr(dtls.transport, "_connection", None)  # aioice.Connection
+        if connection is not None:
+            connection.query_consent = _no_consent_checks
+    await pc.close()

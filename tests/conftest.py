@@ -338,242 +338,10 @@ def camera_y4m(tmp_path_factory):
 # models), and a seetalk server with the /v1/realtime route on a free loopback port.
 
 
-class RealtimeFakeAudioOut:
-    """Push playout like ``conversation.playout.AudioOutput.read``; ``clear`` drops it all."""
-
-    def __init__(self):
-        import asyncio
-        from collections import deque
-
-        self._queue = deque()
-        self._ready = asyncio.Event()
-        self.buffered_samples = 0
-
-    def write(self, chunk):
-        self._queue.append(chunk)
-        self.buffered_samples += len(chunk.samples)
-        self._ready.set()
-
-    async def read(self):
-        while not self._queue:
-            self._ready.clear()
-            await self._ready.wait()
-        chunk = self._queue.popleft()
-        self.buffered_samples -= len(chunk.samples)
-        return chunk
-
-    def clear(self):
-        self._queue.clear()
-        self.buffered_samples = 0
-
-
-class RealtimeFakeSession:
-    """Scripted behaviour: ``response.create`` (or a commit) speaks ``reply_chunks`` chunks
-    of 100 ms at 24 kHz, one word of transcript each; loud input (RMS > 3000) while it
-    speaks is a barge-in (speech_started, audio cleared, response.done cancelled). Every
-    client event and pushed audio is recorded."""
-
-    reply_chunks = 10
-
-    def __init__(self, settings):
-        import asyncio
-
-        from conversation import events
-
-        self.id = events.new_id("sess")
-        self.settings = settings
-        self.events = asyncio.Queue()
-        self.audio_out = RealtimeFakeAudioOut()
-        self.pushed = []  # (samples, rate, channels)
-        self.video = []
-        self.client_events = []
-        self.closed = False
-        self.last_activity = 0.0
-        self.buffered = 0
-        self.items = {}
-        self._reply = None  # (response_id, item_id, task)
-        self._tasks = set()
-
-    def emit(self, event):
-        self.events.put_nowait(event)
-
-    def describe(self):
-        from conversation.settings import describe_session
-
-        return describe_session(self.id, self.settings)
-
-    async def start(self):
-        from conversation import events
-
-        self.emit(events.session_created(self.describe()))
-
-    async def aclose(self):
-        import asyncio
-
-        if self.closed:
-            return
-        self.closed = True
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def push_audio(self, samples, rate, channels=1):
-        import numpy as np
-
-        from conversation import events
-
-        self.pushed.append((samples, rate, channels))
-        self.buffered += len(samples)
-        rms = (
-            float(np.sqrt(np.mean(np.asarray(samples, dtype=np.float64) ** 2)))
-            if len(samples)
-            else 0
-        )
-        if rms > 3000 and self._reply is not None:
-            response_id, item_id, _task = self._reply
-            self.emit(events.speech_started(events.new_id("item"), 0))
-            self._cancel("turn_detected")
-
-    def push_video(self, frame, t):
-        self.video.append((frame.shape, t))
-
-    def _error(self, message, code, event, param=None):
-        from conversation import events
-
-        self.emit(
-            events.error(
-                {
-                    "type": "invalid_request_error",
-                    "code": code,
-                    "message": message,
-                    "param": param,
-                    "event_id": event.get("event_id"),
-                }
-            )
-        )
-
-    async def handle_client_event(self, event):
-        from seetalk.config import updated
-        from conversation import events
-
-        self.client_events.append(event)
-        kind = event["type"]
-        if kind == "session.update":
-            s = event["session"]
-            changes = {}
-            if "instructions" in s:
-                changes["instructions"] = s["instructions"]
-            td = s.get("audio", {}).get("input", {}).get("turn_detection", "unset")
-            if td is None:
-                changes["turn"] = {"mode": "none"}
-            elif td != "unset" and "silence_duration_ms" in td:
-                changes["turn"] = {"mode": "server_vad", "silence_ms": td["silence_duration_ms"]}
-            self.settings = updated(self.settings, changes)
-            self.emit(events.session_updated(self.describe()))
-        elif kind == "input_audio_buffer.commit":
-            if not self.buffered:
-                return self._error("buffer empty", "input_audio_buffer_commit_empty", event)
-            self.buffered = 0
-            item_id = events.new_id("item")
-            self.emit(events.input_committed(item_id, None))
-            self._start_reply()
-        elif kind == "input_audio_buffer.clear":
-            self.buffered = 0
-            self.emit(events.input_cleared())
-        elif kind == "conversation.item.create":
-            item = dict(event["item"], id=event["item"].get("id") or events.new_id("item"))
-            self.items[item["id"]] = item
-            self.emit(events.item_added(item, None))
-            self.emit(events.item_done(item, None))
-        elif kind == "response.create":
-            self._start_reply()
-        elif kind == "response.cancel":
-            self._cancel("client_cancelled")
-        elif kind == "conversation.item.truncate":
-            item = self.items.get(event["item_id"])
-            if item is None or item.get("role") != "assistant":
-                return self._error("no such item", "item_not_found", event, "item_id")
-            words = event["audio_end_ms"] // 100
-            heard = " ".join(f"word{i}" for i in range(words))
-            self.emit(events.item_truncated(event["item_id"], event["audio_end_ms"], heard))
-        elif kind == "conversation.item.delete":
-            if self.items.pop(event["item_id"], None) is None:
-                return self._error("no such item", "item_not_found", event, "item_id")
-            self.emit(events.item_deleted(event["item_id"]))
-        elif kind == "output_audio_buffer.clear":
-            self.audio_out.clear()
-        else:
-            self._error(f"unknown {kind}", "unknown_event_type", event, "type")
-
-    def _start_reply(self):
-        import asyncio
-
-        from conversation import events
-
-        response_id, item_id = events.new_id("resp"), events.new_id("item")
-        task = asyncio.get_running_loop().create_task(self._speak(response_id, item_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        self._reply = (response_id, item_id, task)
-
-    async def _speak(self, response_id, item_id):
-        import asyncio
-
-        import numpy as np
-
-        from conversation import events
-        from conversation.playout import OutputChunk
-
-        item = events.assistant_item(item_id, "")
-        self.items[item_id] = item
-        self.emit(events.response_created(response_id))
-        self.emit(events.output_item_added(response_id, item))
-        self.emit(events.item_added(item, None))
-        t = np.arange(2400) / 24000
-        words = []
-        for i in range(self.reply_chunks):
-            samples = (8000 * np.sin(2 * np.pi * 300 * t + i)).astype(np.int16)
-            self.audio_out.write(OutputChunk(response_id, item_id, samples, i * 2400))
-            words.append(f"word{i}")
-            self.emit(events.audio_transcript_delta(response_id, item_id, f"word{i} "))
-            await asyncio.sleep(0.02)
-        text = " ".join(words)
-        done = events.assistant_item(item_id, text, status="completed")
-        self.items[item_id] = done
-        self.emit(events.audio_transcript_done(response_id, item_id, text))
-        self.emit(events.output_item_done(response_id, done))
-        self.emit(events.item_done(done, None))
-        self.emit(events.response_done(response_id, "completed", [done]))
-        self._reply = None
-
-    def _cancel(self, reason):
-        from conversation import events
-
-        if self._reply is None:
-            return
-        response_id, item_id, task = self._reply
-        self._reply = None
-        task.cancel()
-        self.audio_out.clear()
-        self.emit(events.output_audio_cleared(response_id))
-        self.emit(events.response_done(response_id, "cancelled", [], reason=reason))
-
-
-class RealtimeFakeEngine:
-    def __init__(self):
-        self.sessions = []
-
-    def new_session(self, settings=None, *, playout="paced"):
-        from seetalk.config import SessionSettings
-
-        assert playout == "push"
-        session = RealtimeFakeSession(settings or SessionSettings())
-        self.sessions.append(session)
-        return session
-
-
 @pytest.fixture
 def realtime_fake_engine():
+    from fakes import RealtimeFakeEngine
+
     return RealtimeFakeEngine()
 
 
@@ -714,3 +482,27 @@ def scene_describer():
 
 
 # --- end vision fixtures ---
+
+
+# --- task-leak fixture ---
+# Fails a test that leaves asyncio tasks running after it and its fixtures are done
+# (see tests/task_leaks.py). Tasks that existed before the test are not counted.
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_tasks():
+    from task_leaks import TaskWatch
+
+    watch = TaskWatch()
+    with watch.installed():
+        yield
+        watch.check_open_loops()
+    if watch.leaked:
+        pytest.fail(
+            f"{len(watch.leaked)} asyncio task(s) created by this test were still running "
+            "after it ended:\n  " + "\n  ".join(watch.leaked),
+            pytrace=False,
+        )
+
+
+# --- end task-leak fixture ---

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from seetalk.errors import BackendError, ConfigError, ImagesRejected, ModelNotFound
-from llm.local import LlamaCppBackend, chat_handler_class
 from llm.backend import ChatMessage, GenerationSettings
+from llm.local import LlamaCppBackend, chat_handler_class
+from seetalk.errors import BackendError, ConfigError, ImagesRejected, ModelNotFound
 
 FRANCE = [
     ChatMessage("system", "You are a helpful assistant."),
@@ -22,11 +22,39 @@ FRANCE = [
 RAMBLE = [ChatMessage("user", "Count from 1 to 1000, one number per line.")]
 
 
-async def executor_free_within(backend: LlamaCppBackend) -> float:
-    """Seconds until the model's executor runs a no-op, i.e. until generation has stopped."""
-    t0 = time.perf_counter()
-    await asyncio.wait_for(asyncio.wrap_future(backend._executor.submit(lambda: None)), 5)
-    return time.perf_counter() - t0
+async def executor_frees(backend: LlamaCppBackend) -> None:
+    """Returns once the model's executor runs a no-op, i.e. once generation has stopped.
+
+    Stopping is checked by behaviour, not by time: a generation that ignored the stop would
+    hold the executor until its 1000 tokens are done (and, with backpressure, block forever
+    on a full pipe). The 120 s guard only keeps a broken build from hanging the suite; how
+    fast generation stops is measured by bench/timing.py."""
+    await asyncio.wait_for(asyncio.wrap_future(backend._executor.submit(lambda: None)), 120)
+
+
+class CountingLlama:
+    """Wraps the loaded ``llama_cpp.Llama``: counts the chunks generation pulled from it."""
+
+    def __init__(self, llama: Any) -> None:
+        self.llama = llama
+        self.chunks = 0
+
+    def create_chat_completion(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        for chunk in self.llama.create_chat_completion(**kwargs):
+            self.chunks += 1
+            yield chunk
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.llama, name)
+
+
+@pytest.fixture
+def counted(smol: LlamaCppBackend) -> Iterator[CountingLlama]:
+    """The real model with its generated chunks counted (restored afterwards)."""
+    counting = CountingLlama(smol._llama)
+    smol._llama = counting
+    yield counting
+    smol._llama = counting.llama
 
 
 # --- the real model ---------------------------------------------------------------------
@@ -41,12 +69,15 @@ def smol(smollm2_gguf: Path) -> Iterator[LlamaCppBackend]:
 
 
 @pytest.mark.models
-async def test_streams_an_answer(smol: LlamaCppBackend) -> None:
-    assert smol.load_seconds is not None and smol.load_seconds < 10
-    deltas = [d async for d in smol.stream(FRANCE, GenerationSettings(temperature=0.0))]
-    assert len(deltas) >= 3
-    assert all(deltas)
-    assert "Paris" in "".join(deltas)
+async def test_streams_an_answer(smol: LlamaCppBackend, counted: CountingLlama) -> None:
+    # What a 135M model says differs by machine and build: assert the pipeline, not the fact.
+    assert smol.load_seconds is not None  # how long it took: bench/timing.py
+    settings = GenerationSettings(temperature=0.0, max_tokens=16)
+    deltas = [d async for d in smol.stream(FRANCE, settings)]
+    assert deltas and all(isinstance(d, str) and d for d in deltas)
+    assert "".join(deltas).strip()
+    assert len(deltas) <= 16  # one delta per token at most, max_tokens bounds them
+    assert counted.chunks >= len(deltas)  # every delta came from the model, streamed
 
 
 @pytest.mark.models
@@ -56,20 +87,25 @@ async def test_max_tokens_bounds_the_reply(smol: LlamaCppBackend) -> None:
 
 
 @pytest.mark.models
-async def test_aclose_after_first_delta_stops_generation(smol: LlamaCppBackend) -> None:
+async def test_aclose_after_first_delta_stops_generation(
+    smol: LlamaCppBackend, counted: CountingLlama
+) -> None:
     gen = smol.stream(RAMBLE, GenerationSettings(max_tokens=1000, temperature=0.0))
     first = await anext(gen)
     assert first
     await gen.aclose()
-    # 1000 tokens at ~100/s would hold the executor for seconds; stopped, it is free at once.
-    assert await executor_free_within(smol) < 1.0
-    t0 = time.perf_counter()
+    await executor_frees(smol)
+    # Stopped within a token of the pipe filling: one delta read, at most queue_size (32)
+    # waiting, one blocked and the role chunk; not the 1000 tokens asked for.
+    assert counted.chunks <= 1 + 32 + 2
     deltas = [d async for d in smol.stream(FRANCE, GenerationSettings(max_tokens=20))]
-    assert deltas and time.perf_counter() - t0 < 5
+    assert deltas  # the next request runs normally
 
 
 @pytest.mark.models
-async def test_cancelling_the_consumer_task_stops_generation(smol: LlamaCppBackend) -> None:
+async def test_cancelling_the_consumer_task_stops_generation(
+    smol: LlamaCppBackend, counted: CountingLlama
+) -> None:
     got_first = asyncio.Event()
 
     async def consume() -> None:
@@ -81,7 +117,8 @@ async def test_cancelling_the_consumer_task_stops_generation(smol: LlamaCppBacke
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert await executor_free_within(smol) < 1.0
+    await executor_frees(smol)
+    assert counted.chunks <= 1 + 32 + 2  # see test_aclose_after_first_delta_stops_generation
 
 
 # --- without loading anything -------------------------------------------------------------
@@ -178,7 +215,7 @@ async def test_slow_consumer_blocks_the_generator(tmp_path: Path) -> None:
     assert llama.produced <= 1 + 4 + 1
     assert await anext(gen) == "1 "
     await gen.aclose()
-    assert await asyncio.to_thread(llama.stopped.wait, 1.0)
+    assert await asyncio.to_thread(llama.stopped.wait, 60)
     await backend.aclose()
 
 
@@ -188,9 +225,9 @@ async def test_aclose_stops_the_generation_thread(tmp_path: Path) -> None:
     gen = backend.stream(RAMBLE, GenerationSettings())
     await anext(gen)
     await gen.aclose()
-    assert await asyncio.to_thread(llama.stopped.wait, 1.0)
+    assert await asyncio.to_thread(llama.stopped.wait, 60)
     assert llama.produced < 1000
-    assert await executor_free_within(backend) < 0.5
+    await executor_frees(backend)
     await backend.aclose()
 
 

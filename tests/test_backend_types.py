@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from seetalk.config import ModelConfig
-from seetalk.errors import ConfigError, ModelNotFound
-from llm.backend import ChatBackend
+from llm.backend import ChatBackend, ChatMessage, GenerationSettings, openai_messages
 from llm.factory import make_backend
 from llm.local import LlamaCppBackend
 from llm.openai_compat import OpenAIChatBackend
-from llm.backend import ChatMessage, GenerationSettings, openai_messages
+from seetalk.config import ModelConfig
+from seetalk.errors import ConfigError, ModelNotFound
 
 
 def test_images_only_on_user_messages() -> None:

@@ -59,7 +59,7 @@ async def test_page_talks_and_is_interrupted(seetalk_server, chromium, camera_y4
         "e.response.status === 'cancelled')",
         10,
     )
-    await poll(page, "window.seetalk.level < 0.005", 2)
+    await poll(page, "window.seetalk.level < 0.005", 10)
     truncated = await page.evaluate(
         "window.seetalk.events.find(e => e.type === 'conversation.item.truncated')"
     )
@@ -81,7 +81,7 @@ async def test_page_talks_and_is_interrupted(seetalk_server, chromium, camera_y4
     await poll(
         page, f"window.seetalk.events.filter(e => e.type==='response.done').length > {n_done}"
     )
-    await poll(page, "window.seetalk.level < 0.005", 2)
+    await poll(page, "window.seetalk.level < 0.005", 10)
     # disconnect frees the session on the server
     await page.click("#connect")
     deadline = time.monotonic() + 10

@@ -6,8 +6,8 @@ import pytest
 from openai.types.realtime.realtime_server_event import RealtimeServerEvent
 from pydantic import TypeAdapter
 
-from seetalk.errors import InvalidEvent
 from conversation import events as ev
+from seetalk.errors import InvalidEvent
 
 ADAPTER: TypeAdapter = TypeAdapter(RealtimeServerEvent)
 

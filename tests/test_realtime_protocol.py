@@ -1,4 +1,5 @@
-"""The Realtime client-event parser (pure), the audio codecs and the token bucket."""
+"""The Realtime client-event parser (pure) and the session.update validator, the audio
+codecs and the token bucket."""
 
 from __future__ import annotations
 
@@ -6,13 +7,13 @@ import base64
 import json
 import warnings
 
+import cv2
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
-from seetalk.errors import BadAudio, InvalidEvent
 from conversation.protocol import (
     CLIENT_EVENT_TYPES,
     InputAudioAppend,
@@ -20,7 +21,11 @@ from conversation.protocol import (
     SessionUpdate,
     TurnDetection,
     parse_client_event,
+    parse_client_object,
 )
+from conversation.settings import describe_session, settings_for
+from seetalk.config import SessionSettings
+from seetalk.errors import BadAudio, ConfigError, InvalidEvent
 from server.ratelimit import TokenBucket
 from server.realtime_codec import (
     ALAW_DECODE,
@@ -34,7 +39,19 @@ from server.realtime_codec import (
 )
 
 MAX = 1 << 20
-PNG = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 8).decode()
+PNG = (
+    "data:image/png;base64,"
+    + base64.b64encode(cv2.imencode(".png", np.zeros((2, 2, 3), np.uint8))[1].tobytes()).decode()
+)
+
+
+def png_header(width: int, height: int) -> str:
+    """A data URL whose PNG header declares ``width`` x ``height`` (no pixels follow)."""
+    ihdr = b"IHDR" + width.to_bytes(4, "big") + height.to_bytes(4, "big") + b"\x08\x02\0\0\0"
+    data = b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + ihdr + b"\0" * 4
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
 AUDIO = base64.b64encode(b"\x01\x00\xff\x7f").decode()
 
 VALID = [
@@ -126,6 +143,21 @@ VALID = [
     {"type": "response.cancel"},
     {"type": "response.cancel", "response_id": "resp_1"},
     {"type": "seetalk.input_image.append", "image_url": PNG},
+    {
+        "type": "session.update",
+        "session": {
+            "type": "realtime",
+            "seetalk": {
+                "temperature": 0.7,
+                "history_turns": 0,
+                "camera_max_side": 640,
+                "jpeg_quality": 90,
+                "max_keyframes": 8,
+                "max_output_tokens": 4096,
+                "turn": {"min_speech_ms": 100, "preemptive": False, "mode": "server_vad"},
+            },
+        },
+    },
 ]
 
 
@@ -153,7 +185,9 @@ def test_every_protocol_client_event_is_covered():
     [
         e
         for e in VALID
-        if not e["type"].startswith("seetalk.") and "input" not in e.get("response", {})
+        if not e["type"].startswith("seetalk.")
+        and "input" not in e.get("response", {})
+        and "seetalk" not in e.get("session", {})
     ],
     ids=lambda e: e["type"],
 )
@@ -197,8 +231,61 @@ def test_semantic_vad_is_approximated_by_silence():
         max_bytes=MAX,
     )
     assert isinstance(ev, SessionUpdate)
-    td = ev.engine_dict()["session"]["audio"]["input"]["turn_detection"]
-    assert td == {"type": "server_vad", "silence_duration_ms": 1000}
+    turn = settings_for(SessionSettings(), ev).turn
+    assert (turn.mode, turn.silence_ms) == ("server_vad", 1000)
+
+
+def test_settings_for_maps_every_field():
+    ev = parse_client_event(json.dumps(VALID[0]), max_bytes=MAX)
+    assert isinstance(ev, SessionUpdate)
+    s = settings_for(SessionSettings(), ev)
+    assert (s.instructions, s.max_output_tokens, s.voice) == ("Be brief.", 200, "alloy")
+    assert (s.input_format, s.output_format) == ("audio/pcm", "audio/pcmu")
+    t = s.turn
+    assert (t.vad_threshold, t.prefix_padding_ms, t.silence_ms, t.interrupt) == (
+        0.6,
+        200,
+        700,
+        True,
+    )
+    off = parse_client_event(json.dumps(VALID[1]), max_bytes=MAX)
+    assert isinstance(off, SessionUpdate)
+    manual = settings_for(s, off)
+    assert manual.turn.mode == "none" and manual.input_format == "audio/pcma"
+    assert manual.instructions == "Be brief."  # what the update does not name stays
+    ext = parse_client_event(json.dumps(VALID[-1]), max_bytes=MAX)
+    assert isinstance(ext, SessionUpdate)
+    e = settings_for(SessionSettings(), ext)
+    assert (e.temperature, e.history_turns, e.camera_max_side) == (0.7, 0, 640)
+    assert (e.jpeg_quality, e.max_keyframes, e.max_output_tokens) == (90, 8, 4096)
+    assert (e.turn.min_speech_ms, e.turn.preemptive) == (100, False)
+    described = describe_session("sess_1", e)
+    assert described["seetalk"]["temperature"] == 0.7
+    assert described["seetalk"]["turn"]["min_speech_ms"] == 100
+    inf = parse_client_object({"type": "session.update", "session": {"max_output_tokens": "inf"}})
+    assert isinstance(inf, SessionUpdate)
+    assert settings_for(SessionSettings(), inf).max_output_tokens == 4096
+
+
+@pytest.mark.parametrize(
+    "changes,param",
+    [
+        ({"temperature": 2.5}, "temperature"),
+        ({"max_output_tokens": 0}, "max_output_tokens"),
+        ({"history_turns": 201}, "history_turns"),
+        ({"camera_max_side": 10}, "camera_max_side"),
+        ({"jpeg_quality": 0}, "jpeg_quality"),
+        ({"max_keyframes": 9}, "max_keyframes"),
+        ({"output_rate": 44_100}, "output_rate"),
+        ({"input_format": "audio/opus"}, "input_format"),
+        ({"instructions": "x" * 100_001}, "instructions"),
+        ({"history_turns": True}, "history_turns"),
+    ],
+)
+def test_session_settings_check_their_ranges(changes, param):
+    with pytest.raises(ConfigError) as info:
+        SessionSettings(**changes)
+    assert info.value.param == param
 
 
 BAD = [
@@ -287,9 +374,69 @@ BAD = [
         "session.tools",
     ),
     (
-        '{"type": "session.update", "session": {"instructions": "x"}}',
-        "missing_required_parameter",
+        '{"type": "session.update", "session": {"type": "bogus"}}',
+        "invalid_value",
         "session.type",
+    ),
+    (
+        '{"type": "session.update", "session": {"audio": {"input": {"turn_detection": '
+        '{"type": "server_vad", "create_response": false}}}}}',
+        "unsupported",
+        "session.audio.input.turn_detection.create_response",
+    ),
+    *[
+        (
+            json.dumps({"type": "session.update", "session": {"seetalk": ext}}),
+            code,
+            "session.seetalk." + param,
+        )
+        for ext, code, param in [
+            ({"temperature": 5}, "invalid_value", "temperature"),
+            ({"temperature": "hot"}, "invalid_type", "temperature"),
+            ({"max_output_tokens": 0}, "invalid_value", "max_output_tokens"),
+            ({"max_output_tokens": 10**9}, "invalid_value", "max_output_tokens"),
+            ({"history_turns": -1}, "invalid_value", "history_turns"),
+            ({"camera_max_side": 0}, "invalid_value", "camera_max_side"),
+            ({"jpeg_quality": 1000}, "invalid_value", "jpeg_quality"),
+            ({"max_keyframes": 9}, "invalid_value", "max_keyframes"),
+            ({"max_keyframes": 1.5}, "invalid_type", "max_keyframes"),
+            ({"instructions": "x" * 100_001}, "invalid_value", "instructions"),
+            ({"voice": 3}, "invalid_type", "voice"),
+            ({"output_rate": 0}, "unsupported", "output_rate"),
+            ({"output_rate": 24000}, "unsupported", "output_rate"),
+            ({"bogus": 1}, "unknown_parameter", "bogus"),
+            ({"input_format": "audio/pcmu"}, "unknown_parameter", "input_format"),
+            ({"turn": {"silence_ms": "slow"}}, "invalid_type", "turn.silence_ms"),
+            ({"turn": {"silence_ms": 20_000}}, "invalid_value", "turn.silence_ms"),
+            ({"turn": {"vad_threshold": 1.0}}, "invalid_value", "turn.vad_threshold"),
+            ({"turn": {"mode": "push_to_talk"}}, "invalid_value", "turn.mode"),
+            ({"turn": {"bogus": 1}}, "unknown_parameter", "turn.bogus"),
+            ({"turn": []}, "invalid_type", "turn"),
+        ]
+    ],
+    (
+        '{"type": "session.update", "session": {"seetalk": 3}}',
+        "invalid_type",
+        "session.seetalk",
+    ),
+    (  # a decompression bomb: refused from its header, before anything decodes it
+        json.dumps({"type": "seetalk.input_image.append", "image_url": png_header(30000, 30000)}),
+        "invalid_image",
+        "image_url",
+    ),
+    (
+        json.dumps(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_image", "image_url": png_header(9000, 10)}],
+                },
+            }
+        ),
+        "invalid_image",
+        "item.content[0].image_url",
     ),
     (
         '{"type": "response.create", "response": {"max_output_tokens": 0}}',
@@ -397,7 +544,7 @@ server_vad = st.fixed_dictionaries(
         "threshold": st.floats(0.01, 0.99),
         "prefix_padding_ms": st.integers(0, 10_000),
         "silence_duration_ms": st.integers(0, 10_000),
-        "create_response": st.booleans(),
+        "create_response": st.just(True),  # false is refused: seetalk answers every turn
         "interrupt_response": st.booleans(),
     },
 )

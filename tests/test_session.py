@@ -11,14 +11,28 @@ import sys
 import numpy as np
 import pytest
 
-from seetalk.config import SessionSettings
+from conversation import events as ev
 from conversation.filesession import run_session
+from conversation.protocol import parse_client_object
 from conversation.session import Session
 from conversation.speaker import APOLOGY
 from llm.openai_compat import OpenAIChatBackend
+from seetalk.config import SessionSettings
+from seetalk.errors import SeetalkError
 from voice.audio import resample
 
 pytestmark = pytest.mark.models
+
+
+async def send(session: Session, obj: object) -> None:
+    """What a transport does with a client message: parse it with the one parser (a bad one
+    becomes an ``error`` event), hand the typed event to the session."""
+    try:
+        event = parse_client_object(obj)
+    except SeetalkError as exc:
+        session.emit(ev.error(exc.to_event_error()))
+        return
+    await session.handle_client_event(event)
 
 
 def words(text: str) -> list[str]:
@@ -133,8 +147,9 @@ async def test_typed_messages_and_bad_client_events(engine):
             "not an object",
         ]
         for event in bad:
-            await session.handle_client_event(event)  # type: ignore[arg-type]
-        await session.handle_client_event(
+            await send(session, event)
+        await send(
+            session,
             {
                 "type": "session.update",
                 "session": {
@@ -144,9 +159,10 @@ async def test_typed_messages_and_bad_client_events(engine):
                         }
                     }
                 },
-            }
+            },
         )
-        await session.handle_client_event(
+        await send(
+            session,
             {
                 "type": "conversation.item.create",
                 "item": {
@@ -154,9 +170,9 @@ async def test_typed_messages_and_bad_client_events(engine):
                     "role": "user",
                     "content": [{"type": "input_text", "text": "Say hello."}],
                 },
-            }
+            },
         )
-        await session.handle_client_event({"type": "response.create"})
+        await send(session, {"type": "response.create"})
         chunks = []
         events: list[dict] = []
         async with asyncio.timeout(60):
@@ -171,14 +187,15 @@ async def test_typed_messages_and_bad_client_events(engine):
         errors = [e["error"] for e in events if e["type"] == "error"]
         assert [e["code"] for e in errors] == [
             "unknown_event_type",
-            "invalid_event",
+            "missing_required_parameter",
+            "missing_required_parameter",
             "item_not_found",
-            "item_not_found",
-            "invalid_config",
+            "invalid_type",
             "input_audio_buffer_commit_empty",
             "invalid_event",
         ]
-        assert errors[0]["event_id"] == "e1" and errors[4]["param"] == "turn.silence_ms"
+        assert errors[0]["event_id"] == "e1"
+        assert errors[4]["param"] == "session.seetalk.turn.silence_ms"
         assert session.settings.turn.silence_ms == 700
         assert chunks and sum(c.samples.size for c in chunks) > 24_000 * 0.3
         assert events[-1]["response"]["status"] == "completed"
@@ -190,7 +207,8 @@ async def test_typed_messages_and_bad_client_events(engine):
 async def test_response_cancel_stops_the_reply(engine):
     session = Session(engine, SessionSettings())
     await session.start()
-    await session.handle_client_event(
+    await send(
+        session,
         {
             "type": "conversation.item.create",
             "item": {
@@ -198,15 +216,15 @@ async def test_response_cancel_stops_the_reply(engine):
                 "role": "user",
                 "content": [{"type": "input_text", "text": "Tell me a long story about a castle."}],
             },
-        }
+        },
     )
-    await session.handle_client_event({"type": "response.create"})
+    await send(session, {"type": "response.create"})
     async with asyncio.timeout(30):
         while session.audio_out.buffered_samples == 0:
             await asyncio.sleep(0.01)
     for _ in range(25):  # half a second of playout
         session.audio_out.pull(960)
-    await session.handle_client_event({"type": "response.cancel"})
+    await send(session, {"type": "response.cancel"})
     assert session.audio_out.pull(960).max() == 0  # silent at once
     events = []
     while (e := session.events.get_nowait()) is not None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from seetalk.config import TurnSettings
 from conversation import turns as tt
+from seetalk.config import TurnSettings
 
 
 def kinds(actions: list[tt.Action]) -> list[str]:
@@ -256,3 +256,42 @@ def test_a_partial_in_the_silence_starts_the_reply_and_the_final_corrects_it() -
     ]
     run_silence(taker, 2.0, 2.5)
     assert kinds(taker.final("What is the tallest mountain in the world?")) == ["AdoptPreemptive"]
+
+
+def test_speech_while_the_final_pass_runs_is_a_new_utterance() -> None:
+    """'Wait, stop please' during a slow final pass: heard at once, answered after it."""
+    taker = tt.TurnTaker(TurnSettings())
+    taker.speech_started(1.0)
+    taker.speech_stopped(2.0)
+    assert kinds(run_silence(taker, 2.0, 2.5)) == ["EndOfTurn"]
+    assert kinds(taker.speech_started(3.0)) == ["UtteranceStarted"]  # final still pending
+    assert kinds(taker.speech_stopped(4.0)) == ["RecognitionPaused"]
+    assert run_silence(taker, 4.0, 6.0) == []  # its endpoint waits for the earlier final
+    assert taker.final("what is the weather") == []  # the person spoke again: no reply yet
+    assert taker.tick(6.02) == [tt.EndOfTurn(3.0, 4.0)]
+    assert kinds(taker.final("wait stop please")) == ["Respond"]
+    assert not taker.in_utterance and not taker.finalizing
+
+
+def test_an_unanswered_turn_is_answered_when_the_next_was_only_noise() -> None:
+    taker = tt.TurnTaker(TurnSettings())
+    taker.speech_started(1.0)
+    taker.speech_stopped(2.0)
+    run_silence(taker, 2.0, 2.5)
+    taker.speech_started(2.8)  # a cough while the final runs
+    taker.speech_stopped(3.0)
+    assert taker.final("tell me a joke") == []
+    run_silence(taker, 3.0, 3.5)
+    assert taker.final("") == [tt.DiscardUtterance(), tt.Respond("tell me a joke")]
+
+
+def test_the_longest_utterance_is_cut_and_the_speech_goes_on() -> None:
+    taker = tt.TurnTaker(TurnSettings())
+    taker.speech_started(0.0)
+    assert taker.tick(tt.MAX_UTTERANCE_S - 0.02) == []
+    actions = taker.tick(tt.MAX_UTTERANCE_S)
+    assert actions == [
+        tt.EndOfTurn(0.0, tt.MAX_UTTERANCE_S),
+        tt.UtteranceStarted(tt.MAX_UTTERANCE_S),
+    ]
+    assert taker.in_utterance and taker.finalizing

@@ -64,8 +64,8 @@ def test_bytes_that_are_not_an_image(scene_describer):
 def ask(smollm2_gguf):
     """``ask(notes, question) -> reply`` on SmolLM2 with the session's default instructions
     and a user message shaped as Conversation.messages builds it (notes, newline, words)."""
-    from llm.local import LlamaCppBackend
     from llm.backend import ChatMessage, GenerationSettings
+    from llm.local import LlamaCppBackend
 
     backend = LlamaCppBackend(smollm2_gguf)
     loop = asyncio.new_event_loop()

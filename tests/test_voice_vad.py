@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -113,17 +111,14 @@ def test_faster_whisper_vad_export_also_works(silero_path, espeak):
 
 
 @pytest.mark.models
-def test_silero_frame_contract_and_speed(silero_path, espeak):
+def test_silero_frame_contract(silero_path, espeak):
     vad = SileroVad(silero_path)
     with pytest.raises(BadAudio):
         vad.prob(np.zeros(400, np.float32))
     speech = espeak("testing one two three")
     frames = [speech[i : i + FRAME] for i in range(0, speech.size - FRAME, FRAME)]
-    t0 = time.perf_counter()
-    probs = [vad.prob(f) for f in frames]
-    per_frame = (time.perf_counter() - t0) / len(frames)
+    probs = [vad.prob(f) for f in frames]  # its cost per frame: bench/timing.py
     assert max(probs) > 0.8
-    assert per_frame < 0.005  # a 32 ms frame must cost far less than 32 ms
     vad.reset()
     again = [vad.prob(f) for f in frames]
     np.testing.assert_allclose(again, probs, atol=1e-5)  # reset restores the initial state

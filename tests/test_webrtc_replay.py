@@ -7,6 +7,7 @@ transport (media both ways, events, barge-in as heard, cleanup), not about the m
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import numpy as np
@@ -51,12 +52,10 @@ async def test_conversation_media_both_ways(seetalk_server, replay_engine, webrt
         session = replay_engine.sessions[0]
         await wait_until(lambda: session.video_frames >= 3, 5)
         assert session.video_shape == (480, 640, 3)
-        # the outgoing track runs on an exact 20 ms schedule
+        # the outgoing track keeps sending 20 ms frames (its rate: bench/webrtc.py)
         peer = srv.state.peers[client.session_id]
-        frames0, t0 = peer.audio_track.frames, time.monotonic()
-        await asyncio.sleep(1.0)
-        rate = (peer.audio_track.frames - frames0) / (time.monotonic() - t0)
-        assert 45 <= rate <= 55
+        frames0 = peer.audio_track.frames
+        await wait_until(lambda: peer.audio_track.frames >= frames0 + 10, 10)
     finally:
         await client.close()
     await wait_until(lambda: not srv.state.peers, 10)
@@ -82,9 +81,7 @@ async def test_barge_in_stops_audio_as_heard(seetalk_server, webrtc_client_modul
             ),
             5,
         )
-        stop_ms = 1000 * (
-            client.recorder.silent_from(client.mic.speech_started_at) - client.mic.speech_started_at
-        )
+        stopped_at = client.recorder.silent_from(client.mic.speech_started_at)
         done = await client.wait_for(
             "response.done", 5, where=lambda e: e["response"]["status"] == "cancelled"
         )
@@ -93,31 +90,36 @@ async def test_barge_in_stops_audio_as_heard(seetalk_server, webrtc_client_modul
         assert done["response"]["status_details"]["reason"] == "turn_detected"
         assert 0 < truncated["audio_end_ms"] < 6000
         assert truncated["transcript"].startswith("one")
-        assert stop_ms < 400, stop_ms
-        # and the reply audio stays quiet after the stop
+        # the reply audio stays quiet after the stop, until a newer reply starts (how fast
+        # it stops is measured in bench/webrtc.py)
         await asyncio.sleep(0.3)
-        assert client.recorder.level_now() < 300 or client.of_type("response.created")
+        newer = [e["_t"] for e in client.of_type("response.created") if e["_t"] > stopped_at]
+        until = min(newer, default=time.monotonic())
+        assert all(lv < 300 for t, lv in client.recorder.levels if stopped_at <= t < until)
 
 
 async def test_client_events_and_typed_errors(seetalk_server, replay_engine, webrtc_client_module):
     srv = await seetalk_server(replay_engine)
     async with webrtc_client_module.Client(srv.url) as client:
-        t = time.monotonic()
-        client.send("{not json")
-        err = await client.wait_for("error", 5, since=t)
-        assert err["error"]["code"] == "invalid_event" and "JSON" in err["error"]["message"]
-        t = time.monotonic()
-        client.send("[1, 2]")
-        err = await client.wait_for("error", 5, since=t)
-        assert "object" in err["error"]["message"]
+        for raw, code in [
+            ("{not json", "invalid_json"),
+            ("[" * 100_000, "invalid_json"),  # too deep: a typed error, not a RecursionError
+            ("[1, 2]", "invalid_event"),
+            (b"\x00\x01", "invalid_json"),
+        ]:
+            t = time.monotonic()
+            client.channel.send(raw)
+            err = await client.wait_for("error", 5, since=t)
+            assert err["error"]["code"] == code, err
         t = time.monotonic()
         client.send({"type": "no.such.event", "event_id": "evt_1"})
         err = await client.wait_for("error", 5, since=t)
         assert err["error"]["event_id"] == "evt_1" and err["error"]["param"] == "type"
         t = time.monotonic()
-        client.channel.send(b"\x00\x01")
+        client.send({"type": "input_audio_buffer.append", "audio": "AAAA", "event_id": "a1"})
         err = await client.wait_for("error", 5, since=t)
-        assert "binary" in err["error"]["message"]
+        assert (err["error"]["code"], err["error"]["event_id"]) == ("unsupported", "a1")
+        assert "media track" in err["error"]["message"]
         # a typed message gets a spoken reply; response.cancel stops it
         client.say_text("hello there")
         created = await client.wait_for("response.created", 5)
@@ -130,8 +132,37 @@ async def test_client_events_and_typed_errors(seetalk_server, replay_engine, web
         client.send({"type": "session.update", "session": {"instructions": "be brief"}})
         await client.wait_for("session.updated", 5)
     metrics = srv.state.metrics.render()
-    assert 'seetalk_errors_total{code="invalid_event"} 4' in metrics
+    assert 'seetalk_errors_total{code="invalid_json"} 3' in metrics
+    assert 'seetalk_errors_total{code="invalid_event"} 1' in metrics
     assert 'seetalk_responses_total{status="cancelled"} 1' in metrics
+
+
+async def test_channels_are_bounded_and_events_go_to_one(
+    seetalk_server, replay_engine, webrtc_client_module
+):
+    from server.webrtc import MAX_CHANNELS
+
+    srv = await seetalk_server(replay_engine)
+    async with webrtc_client_module.Client(srv.url) as client:
+        await client.wait_for("session.created", 5)
+        extra = [client.pc.createDataChannel(f"extra{i}") for i in range(MAX_CHANNELS)]
+        got: dict[str, list[dict]] = {c.label: [] for c in extra}
+        for c in extra:
+            c.on("message", lambda m, label=c.label: got[label].append(json.loads(m)))
+        peer = srv.state.peers[client.session_id]
+        await wait_until(lambda: peer.counters["channels_refused"] == 1, 5)
+        last = extra[-1]
+        await wait_until(lambda: last.readyState == "closed" and got[last.label], 5)
+        assert got[last.label][0]["error"]["code"] == "too_many_channels"
+        assert len(peer.channels) == MAX_CHANNELS
+        # the client speaks on one channel: the answers come on that one only
+        speaker = extra[1]
+        speaker.send(json.dumps({"type": "no.such.event", "event_id": "x1"}))
+        await wait_until(lambda: bool(got[speaker.label]), 5)
+        await asyncio.sleep(0.2)
+        others = [c.label for c in extra[:-1] if c is not speaker and got[c.label]]
+        assert got[speaker.label][0]["error"]["event_id"] == "x1" and not others
+        assert not any(e.get("event_id") == "x1" for e in client.of_type("error"))
 
 
 async def test_idle_and_media_timeouts_end_sessions(
@@ -205,14 +236,10 @@ async def test_camera_sizes_are_bounded(seetalk_server, webrtc_client_module, si
         h, w, c = session.video_shape
         assert c == 3 and max(h, w) <= 1024
         assert abs(w / h - size[0] / size[1]) < 0.1 * size[0] / size[1] + 0.5
-        # the outgoing audio kept real time while big frames were decoded and converted
-        # (client and server share this process and loop, so the client's 4K encoding
-        # counts against it too)
+        # the outgoing audio goes on while big frames are decoded and converted (whether it
+        # keeps real time under load is measured in bench/webrtc.py, not here)
         peer = srv.state.peers[client.session_id]
-        frames0, t0 = peer.audio_track.frames, time.monotonic()
-        await asyncio.sleep(2.0)
-        rate = (peer.audio_track.frames - frames0) / (time.monotonic() - t0)
-        assert rate >= 45, rate
-        assert peer.audio_track.resyncs <= 1
+        frames0 = peer.audio_track.frames
+        await wait_until(lambda: peer.audio_track.frames >= frames0 + 20, 20)
     finally:
         await client.close()

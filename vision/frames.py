@@ -162,6 +162,13 @@ class FrameIntake:
         with self._lock:
             self.history.append(_Kept(Candidate(t, sharpness, change, self._key), kept))
 
+    def update_settings(self, settings: SessionSettings) -> None:
+        """``camera_max_side`` applies to the next frame kept (and to every frame selected
+        from now on: older ones are fitted again); ``jpeg_quality`` and ``max_keyframes`` to
+        the next :meth:`select`. One reference swap: a ``select`` in flight in the executor
+        finishes with the settings it started with."""
+        self.settings = settings
+
     def candidates(self) -> list[Candidate]:
         with self._lock:
             return [k.cand for k in self.history]
@@ -169,19 +176,20 @@ class FrameIntake:
     def select(self, start: float, end: float) -> Selection:
         """Choose and encode the frames for the utterance ``[start, end]``. Blocking (runs
         in an executor)."""
+        settings = self.settings  # one set of settings for the whole selection
         with self._lock:
             kept = list(self.history)
         newest = max((k.cand.t for k in kept), default=None)
         if newest is None or newest < end - CAMERA_ON_S:
             return Selection([], "camera_off")
         choices = select_frames(
-            [k.cand for k in kept], start, end, max_keyframes=self.settings.max_keyframes
+            [k.cand for k in kept], start, end, max_keyframes=settings.max_keyframes
         )
         by_key = {k.cand.key: k.frame for k in kept}
         frames = []
         for choice in choices:
-            img = fit(by_key[choice.candidate.key], self.settings.camera_max_side)
-            jpeg = encode_jpeg(img, self.settings.jpeg_quality)
+            img = fit(by_key[choice.candidate.key], settings.camera_max_side)
+            jpeg = encode_jpeg(img, settings.jpeg_quality)
             frames.append(
                 SelectedFrame(
                     choice.candidate.t,

@@ -100,9 +100,9 @@ class Transcriber:
     def english_only(self) -> bool:
         return not self.load().model.is_multilingual
 
-    def _run(self, audio: np.ndarray, prompt: str | None) -> str:
+    def _run(self, audio: np.ndarray, prompt: str | None, language: str | None = None) -> str:
         model = self.load()
-        language = "en" if not model.model.is_multilingual else self.language
+        language = "en" if not model.model.is_multilingual else language or self.language
         segments, _info = model.transcribe(
             audio,
             language=language,
@@ -125,12 +125,15 @@ class Transcriber:
             raise BadAudio(f"expected mono 16 kHz audio, got shape {a.shape}")
         return a.astype(np.float32, copy=False)
 
-    def transcribe(self, audio16k: np.ndarray, *, prompt: str | None = None) -> str:
-        """The whole utterance; windows of at most 28 s joined (see module docstring)."""
+    def transcribe(
+        self, audio16k: np.ndarray, *, prompt: str | None = None, language: str | None = None
+    ) -> str:
+        """The whole utterance; windows of at most 28 s joined (see module docstring).
+        ``language`` overrides the one given at construction (``seetalk models serve``)."""
         a = self._check(audio16k)
         if a.size < MIN_AUDIO_S * SAMPLE_RATE:
             return ""
-        texts = [self._run(w, prompt) for w in split_windows(a)]
+        texts = [self._run(w, prompt, language) for w in split_windows(a)]
         return " ".join(t for t in texts if t)
 
     def transcribe_partial(self, audio16k: np.ndarray, *, prompt: str | None = None) -> str:

@@ -14,7 +14,7 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -106,6 +106,18 @@ class Synthesizer:
         if not parts:
             return np.zeros(0, dtype=np.float32), None
         return np.concatenate(parts).astype(np.float32, copy=False), ends
+
+
+class SupportsSynthesize(Protocol):
+    """What a session needs of a voice: :class:`Synthesizer` (piper, in-process) or
+    :class:`voice.remote.RemoteSynthesizer` (an OpenAI-compatible speech server)."""
+
+    @property
+    def sample_rate(self) -> int: ...
+
+    def synthesize(self, text: str) -> np.ndarray: ...
+
+    def synthesize_timed(self, text: str) -> tuple[np.ndarray, list[int] | None]: ...
 
 
 # --- clauses: pure --------------------------------------------------------------------------
@@ -289,14 +301,14 @@ class SpeechChunk:
         return heard_text(self.text, samples_played / max(self.audio.size, 1))
 
 
-def synthesize_at(synth: Synthesizer, text: str, out_rate: int) -> np.ndarray:
+def synthesize_at(synth: SupportsSynthesize, text: str, out_rate: int) -> np.ndarray:
     """``text`` spoken by ``synth``, as float32 mono at ``out_rate`` (synchronous)."""
     return resample(synth.synthesize(text), synth.sample_rate, out_rate)
 
 
 async def stream_speech(
     deltas: AsyncIterator[str],
-    synth: Synthesizer,
+    synth: SupportsSynthesize,
     executor: concurrent.futures.Executor,
     out_rate: int,
 ) -> AsyncIterator[SpeechChunk]:

@@ -13,6 +13,7 @@ Everything here is synchronous; one frame costs well under a millisecond.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -110,13 +111,24 @@ class VadGate:
         min_silence_frames: int,
         neg_threshold: float | None = None,
     ) -> None:
-        self.threshold = threshold
-        self.neg_threshold = max(threshold - 0.15, 0.01) if neg_threshold is None else neg_threshold
-        if self.neg_threshold > threshold:
+        self.configure(threshold, min_speech_frames, min_silence_frames, neg_threshold)
+        self.reset()
+
+    def configure(
+        self,
+        threshold: float,
+        min_speech_frames: int,
+        min_silence_frames: int,
+        neg_threshold: float | None = None,
+    ) -> None:
+        """New thresholds and run lengths; the state (speaking or not, the run so far) stays,
+        so a change mid-stream applies from the next frame."""
+        neg = max(threshold - 0.15, 0.01) if neg_threshold is None else neg_threshold
+        if neg > threshold:
             raise ValueError("neg_threshold must not exceed threshold")
+        self.threshold, self.neg_threshold = threshold, neg
         self.min_speech_frames = max(1, min_speech_frames)
         self.min_silence_frames = max(1, min_silence_frames)
-        self.reset()
 
     def reset(self) -> None:
         self._frame = 0
@@ -158,17 +170,17 @@ class VoiceActivity:
     """Arbitrary-length 16 kHz float audio in, :class:`VadTransition` list out.
 
     Buffers to 512-sample frames and counts samples from the first :meth:`feed` (or the last
-    :meth:`reset`), so every transition carries an absolute sample index.
+    :meth:`reset`), so every transition carries an absolute sample index. :meth:`feed` may
+    run in an executor; :meth:`update_settings` (from the event loop) hands new settings to
+    the next :meth:`feed`, which applies them before its first frame.
     """
 
     def __init__(self, model: str | Path | SileroVad, settings: TurnSettings | None = None):
         s = settings or TurnSettings()
         self.vad = model if isinstance(model, SileroVad) else SileroVad(model)
-        self.gate = VadGate(
-            s.vad_threshold,
-            math.ceil(s.min_speech_ms / FRAME_MS),
-            math.ceil(s.min_silence_ms / FRAME_MS),
-        )
+        self.gate = VadGate(*_gate_params(s))
+        self._next: TurnSettings | None = None
+        self._next_lock = threading.Lock()
         self._pending = np.zeros(0, dtype=np.float32)
         self.last_prob = 0.0
         self.peak_prob = 0.0  # the highest probability among the frames of the last feed
@@ -186,7 +198,17 @@ class VoiceActivity:
     def speaking(self) -> bool:
         return self.gate.speaking
 
+    def update_settings(self, settings: TurnSettings) -> None:
+        """``vad_threshold``, ``min_speech_ms`` and ``min_silence_ms`` apply from the next
+        :meth:`feed` on (a feed in flight finishes with the old ones)."""
+        with self._next_lock:
+            self._next = settings
+
     def feed(self, audio: np.ndarray) -> list[VadTransition]:
+        with self._next_lock:
+            pending, self._next = self._next, None
+        if pending is not None:
+            self.gate.configure(*_gate_params(pending))
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         buf = np.concatenate([self._pending, audio]) if self._pending.size else audio
         n = buf.size // FRAME
@@ -201,3 +223,12 @@ class VoiceActivity:
                 out.append(t)
         self._pending = buf[n * FRAME :].copy()
         return out
+
+
+def _gate_params(s: TurnSettings) -> tuple[float, int, int]:
+    """(threshold, min speech frames, min silence frames) of the turn settings."""
+    return (
+        s.vad_threshold,
+        math.ceil(s.min_speech_ms / FRAME_MS),
+        math.ceil(s.min_silence_ms / FRAME_MS),
+    )

@@ -107,7 +107,8 @@ async function credential() {
   if (!key) throw new Error("This server needs an access key.");
   const r = await fetch(config.token_url || "/session-token", { method: "POST", headers: { Authorization: `Bearer ${key}` } });
   if (!r.ok) throw new Error(await errorText(r));
-  const { token } = await r.json();
+  const { token, ice_servers } = await r.json();
+  if (ice_servers) config.ice_servers = ice_servers; // TURN credentials minted for this page
   return { Authorization: `Bearer ${token}` };
 }
 
@@ -136,6 +137,7 @@ async function connect() {
     $("preview").srcObject = video ? new MediaStream([video]) : null;
     $("no-camera").hidden = !!video;
 
+    const auth = await credential(); // before the peer: the token brings its ICE servers
     pc = new RTCPeerConnection({ iceServers: config.ice_servers || [] });
     localStream.getTracks().forEach((t) => pc.addTrack(t, localStream));
     if (!video) pc.addTransceiver("video", { direction: "inactive" });
@@ -148,7 +150,7 @@ async function connect() {
 
     await pc.setLocalDescription(await pc.createOffer());
     await waitForIce(pc);
-    const headers = { "Content-Type": "application/json", ...(await credential()) };
+    const headers = { "Content-Type": "application/json", ...auth };
     let r;
     try {
       r = await fetch(config.offer_url || "/offer", { method: "POST", headers,
@@ -330,7 +332,7 @@ navigator.mediaDevices?.addEventListener?.("devicechange", listDevices);
 
 (async () => {
   try {
-    const r = await fetch("/config");
+    const r = await fetch("/config", { headers: authHeaders() }); // ICE servers need a credential
     config = await r.json();
   } catch {
     showError("The server is unreachable. Is seetalk running?");
