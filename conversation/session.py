@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from conversation import client_events
+from conversation import client_events, responses
 from conversation import events as ev
 from conversation import turns as tt
 from conversation.contract import SessionSource, TransportSession
@@ -32,16 +32,21 @@ from conversation.history import Conversation, Item
 from conversation.playout import AudioOutput
 from conversation.protocol import ClientEvent
 from conversation.reply import Reply
+from conversation.server_tools import ServerTool, ToolHost, ToolRuns
 from conversation.settings import describe_session
 from conversation.speaker import Busy, Speaker
+from conversation.tool_schema import ToolOptions
+from conversation.tools import SessionTools
 from llm.backend import ChatMessage, GenerationSettings
 from models.engine import Engine
+from models.scheduler import Priority
 from seetalk.clock import Clock, MonotonicClock
 from seetalk.config import SessionSettings
 from seetalk.errors import ConfigError, InvalidEvent, SeetalkError
 from vision.frames import FrameIntake
 from voice.asr import StreamingRecognizer
 from voice.audio import StreamResampler, s16_interleaved_to_mono_float
+from voice.smart_turn import SmartTurn
 from voice.vad import VoiceActivity
 from voice.vad_model import SharedSileroVad
 
@@ -133,19 +138,44 @@ class Session:
             self.busy,
             self.spawn,
             on_failed=self._reply_failed,
+            session_id=self.id,
         )
+        self.tools = SessionTools(self.emit)  # function tools and calls (conversation/tools.py)
+        self._speaker.on_tool = lambda reply, delta: self.tools.on_delta(reply.id, delta)
+        self._speaker.on_silent = self._ended_silent
+        self.tool_runs = ToolRuns(  # tools seetalk runs itself (conversation/server_tools.py)
+            ToolHost(
+                self.spawn,
+                self.emit,
+                self.clock.now,
+                self.conversation,
+                lambda: (self._utterance_start, self.turns.in_utterance),
+                lambda: self._reply is not None,
+                self._say,
+                self._tool_follow_up,
+            )
+        )
+        self.tools.server_specs = lambda: self.tool_runs.specs
         self._vad = VoiceActivity(SharedSileroVad(engine.vad_path), settings.turn)
         # echo of the reply (docs/echo.md): the output is its reference; per session
         self.echo = SessionEcho(
             settings.echo, lambda: self._samples + self._input_samples, queued=playout == "push"
         )
         self.audio_out.on_audio, self.audio_out.on_clear = self.echo.played, self.echo.cleared
+        # This session's share of each model role (models/scheduler.py): finals go first,
+        # partials are background work, skipped when their role is behind.
+        self._vad_lane = engine.vad_executor.lane(self.id, Priority.FINAL, kind="vad")
+        partial_role = (
+            engine.asr_partial_executor if engine.partial_transcriber else engine.asr_executor
+        )
         self._recognizer = StreamingRecognizer(
             engine.transcriber,
-            engine.asr_executor,
+            engine.asr_executor.lane(self.id, Priority.FINAL, kind="final"),
             on_partial=self._on_partial,
-            partial_transcriber=engine.partial_transcriber,
-            partial_executor=engine.asr_partial_executor,
+            partial_transcriber=engine.partial_transcriber or engine.transcriber,
+            partial_executor=partial_role.lane(
+                self.id, Priority.BACKGROUND, kind="partial", skippable=True
+            ),
         )
         self._resampler: StreamResampler | None = None
         self._resampler_rate = 0
@@ -177,12 +207,14 @@ class Session:
         self._utterance_start = 0.0
         self._final_clock: float | None = None
         self._finished: deque[Reply] = deque(maxlen=8)  # ended replies a client may truncate
+        self.rest = responses.SessionRest(self)  # text/out-of-band replies, idle timeout
 
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         self.spawn(self._input_loop())
         self.emit(ev.session_created(self.describe()))
+        self.rest.started()
 
     async def aclose(self) -> None:
         """End the session: cancel and await every task it owns. Idempotent.
@@ -206,6 +238,7 @@ class Session:
             if isinstance(result, Exception):
                 log.error("session %s task failed at close", self.id, exc_info=result)
         self._tasks.clear()
+        self.engine.forget(self.id)  # its fair-share accounts on the model roles
         if interrupted:
             raise asyncio.CancelledError
 
@@ -255,7 +288,12 @@ class Session:
         return len(self._tasks)
 
     def emit(self, event: dict[str, Any]) -> None:
-        self.events.put(event)
+        self.events.put(self.rest.decorate(event))
+
+    @property
+    def backend(self) -> Any:
+        """The language model the replies come from."""
+        return self.engine.backend
 
     async def handle_client_event(self, event: ClientEvent) -> None:
         """Act on one parsed client event (:func:`conversation.protocol.parse_client_event`);
@@ -265,7 +303,7 @@ class Session:
 
     def describe(self) -> dict[str, Any]:
         """The session object of ``session.created``/``session.updated`` (OpenAI shape)."""
-        return describe_session(self.id, self.settings)
+        return {**describe_session(self.id, self.settings), **self.tools.describe()}
 
     def apply_settings(self, new: SessionSettings) -> None:
         """Make ``new`` the session's settings, at every stage they govern, or change nothing.
@@ -301,7 +339,11 @@ class Session:
                 "commit or clear the input audio buffer first",
                 param="turn_detection",
             )
+        transcriber = responses.transcriber_for(self.engine.transcriber, new)  # may refuse
+        responses.check_voice(self.engine.synthesizer, new)  # speed: the local voice only
         self.settings = new
+        self._recognizer.transcriber = transcriber  # audio.input.transcription.language
+        self._recognizer.prompt = new.transcription_prompt or None  # ... and its prompt
         self.turns.update_settings(new.turn)
         self._vad.update_settings(new.turn)
         self.frames.update_settings(new)
@@ -425,19 +467,23 @@ class Session:
                     "the input audio buffer is empty", code="input_audio_buffer_commit_empty"
                 )
             self._speech_end_clock = self.clock.now()
+            self.rest.committed(self._user_item)
             self._apply(self.turns.commit(self.input_time))
 
     def clear_input(self) -> None:
-        """The client clears its input audio: the open utterance is dropped."""
+        """The client clears its input audio: the open utterance is dropped; always
+        answered by ``input_audio_buffer.cleared``."""
         self._input.clear()
         self._input_samples = 0
+        if self._user_item is None:
+            self.emit(ev.input_cleared())
         self._apply(self.turns.clear())
 
     async def _process(self, audio: np.ndarray) -> None:
         loop = asyncio.get_running_loop()
         heard = audio  # what recognition hears: without the reply's echo
         if self.echo.active:
-            heard = await loop.run_in_executor(self.engine.vad_executor, self.echo.cancel, audio)
+            heard = await loop.run_in_executor(self._vad_lane, self.echo.cancel, audio)
         self._arrival = (self._samples + audio.size, self.clock.now())
         self._remember(heard)
         start = self._samples
@@ -447,7 +493,7 @@ class Session:
             self._hear(heard)
         elif mode_none:  # the utterance starts with this chunk (the prefix is the chunk)
             self._apply(self.turns.speech_started(start / RATE))
-        transitions = await loop.run_in_executor(self.engine.vad_executor, self._vad.feed, audio)
+        transitions = await loop.run_in_executor(self._vad_lane, self._vad.feed, audio)
         transitions = self.echo.filter(transitions)  # speech the reply explains is not heard
         if mode_none:
             return
@@ -465,6 +511,7 @@ class Session:
                 self._speech_end_clock = self._clock_at(tr.sample)
                 self._apply(self.turns.speech_stopped(t))
         self._apply(self.turns.tick(self.input_time))
+        self.rest.tick(self.input_time)  # idle_timeout_ms
 
     def _hear(self, audio: np.ndarray) -> None:
         """Give audio to the open utterance: to the recognizer, or, while an earlier final
@@ -523,6 +570,7 @@ class Session:
     # --- the turn-taker's actions -----------------------------------------------------------
 
     def _apply(self, actions: list[tt.Action]) -> None:
+        actions = self.rest.filter(actions)  # create_response: false answers no turn
         for action in actions:
             match action:
                 case tt.UtteranceStarted(t=t):
@@ -535,6 +583,8 @@ class Session:
                 case tt.RecognitionResumed():
                     if not self._open_waits:
                         self._recognizer.resume()
+                case tt.CheckEndOfTurn(t=t):
+                    self._check_end_of_turn(t)
                 case tt.StartPreemptive(text=text):
                     self._start_preemptive(text)
                 case tt.CancelPreemptive():
@@ -592,6 +642,32 @@ class Session:
         if text is not None:
             self._apply(self.turns.speculative_final(text))
 
+    def _check_end_of_turn(self, t: float) -> None:
+        """Ask the end-of-turn model (``eot="smart_turn"``) about the speech up to the first
+        silence at ``t``. Without the model, or if it fails, no verdict comes and the turn
+        ends after ``eot_incomplete_silence_ms``."""
+        model = self.engine.eot
+        if model is None:
+            return
+        if self._open_waits:
+            chunks = self._waiting[-1] if self._waiting else []
+            audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+        else:
+            audio = self._recognizer.speech_audio()
+        self.spawn(self._end_of_turn_verdict(model, t, audio))
+
+    async def _end_of_turn_verdict(self, model: SmartTurn, t: float, audio: np.ndarray) -> None:
+        loop = asyncio.get_running_loop()
+        lane = self.engine.eot_executor.lane(self.id, Priority.FINAL, kind="eot")
+        try:
+            with self.busy():
+                verdict = await loop.run_in_executor(lane, model.predict, audio)
+        except Exception:  # noqa: BLE001 - the turn ends on the longer silence instead
+            log.warning("end-of-turn model failed", exc_info=True)
+            return
+        log.debug("end of turn at %.2f s: %s", t, verdict)
+        self._apply(self.turns.end_of_turn_verdict(t, verdict.complete))
+
     def _end_of_turn(self, start: float, end: float) -> None:
         """The open utterance ends: its final pass runs after the earlier ones (in order)."""
         item = self._user_item or ev.new_id("item")
@@ -615,6 +691,10 @@ class Session:
         try:
             with self.busy():
                 text = (await self._recognizer.finalize()).strip()
+        except SeetalkError as exc:  # a typed failure (a remote role down): said as it is
+            log.warning("session %s: final transcription failed: %s", self.id, exc)
+            self.emit(ev.error(exc.to_event_error()))
+            text = ""
         except Exception as exc:  # noqa: BLE001 - the turn ends without words, reported
             log.exception("session %s: final transcription failed", self.id)
             self._report("transcription_failed", f"speech recognition failed: {exc}")
@@ -633,6 +713,7 @@ class Session:
             assert user is not None
             self.emit(ev.item_added(user.to_event_item(), previous))
             self.emit(ev.item_done(user.to_event_item(), previous))
+        self.rest.finalized(item_id, text, seconds)  # a client commit is always answered
         self._apply(self.turns.final(text))
 
     # --- seeing ---------------------------------------------------------------------------
@@ -648,7 +729,10 @@ class Session:
         loop = asyncio.get_running_loop()
         with self.busy():
             selection = await loop.run_in_executor(
-                self.engine.vision_executor, self.frames.select, start, end
+                self.engine.vision_executor.lane(self.id, Priority.FIRST, kind="frames"),
+                self.frames.select,
+                start,
+                end,
             )
             images = selection.jpegs()
             notes = ""
@@ -657,8 +741,12 @@ class Session:
                 and not self.engine.backend.supports_images
                 and self.engine.vision is not None
             ):
-                notes = await loop.run_in_executor(
-                    self.engine.vision_executor, self.engine.vision.describe, images
+                notes = await loop.run_in_executor(  # Skipped (a SeetalkError) when behind
+                    self.engine.vision_executor.lane(
+                        self.id, Priority.BACKGROUND, kind="scene", skippable=True
+                    ),
+                    self.engine.vision.describe,
+                    images,
                 )
         return TurnVision(images, notes, selection)
 
@@ -691,7 +779,7 @@ class Session:
     # --- replies ----------------------------------------------------------------------------
 
     def _new_reply(self, *, held: bool) -> Reply:
-        reply = Reply(rate=self.settings.output_rate, held=held)
+        reply = Reply(rate=self.settings.output_rate, held=held, speed=self.settings.speed)
         reply.times.speech_end = self._speech_end_clock
         reply.times.endpoint = self._endpoint_clock
         return reply
@@ -701,18 +789,27 @@ class Session:
             max_tokens=self.settings.max_output_tokens, temperature=self.settings.temperature
         )
 
-    def _run(self, reply: Reply, user_text: str | None = None) -> None:
-        messages = self.conversation.messages(
-            self.settings.instructions, self.settings.history_turns
-        )
+    def _run(
+        self,
+        reply: Reply,
+        user_text: str | None = None,
+        messages: list[ChatMessage] | None = None,
+        generation: GenerationSettings | None = None,
+    ) -> None:
+        if messages is None:
+            messages = self.conversation.messages(
+                self.settings.instructions, self.settings.history_turns
+            )
         if user_text is not None:  # preemptive: the user's words are not in history yet
             messages.append(ChatMessage("user", user_text))
+        messages = self.rest.fit(messages, reply.id)  # the context budget (``truncation``)
         item = self._user_item
         self._speaker.start(
             reply,
             messages,
-            self._generation(),
+            generation or self._generation(),
             lambda why: self.emit(ev.images_dropped(item or "", why)),
+            tools=self.tools.use_for_reply(),
         )
 
     def _start_preemptive(self, text: str) -> None:
@@ -740,27 +837,43 @@ class Session:
         self.turns.reply_started(reply.id)
         self._speaker.adopt(reply)
 
-    def _respond(self) -> None:
-        """Start a reply to the conversation as it stands."""
+    def _respond(
+        self,
+        messages: list[ChatMessage] | None = None,
+        generation: GenerationSettings | None = None,
+    ) -> str | None:
+        """Start a reply to the conversation as it stands (or to ``messages``); with
+        ``output_modalities: ["text"]`` a text response (conversation/responses.py)."""
+        if messages is None and self.rest.respond_text():
+            return None
         if self._reply is not None and self._reply.status == "in_progress":
             self._interrupt_reply(self._reply.id, "turn_detected")
+        self.rest.cancel_text("turn_detected")
         reply = self._new_reply(held=False)
         reply.times.final_ready = self._final_clock
         self._reply = reply
+        self.rest.claim_next(reply.id)  # options of a response.create, if any
         self.turns.reply_started(reply.id)
         self._speaker.announce(reply)
-        self._run(reply)
+        self._run(reply, messages=messages, generation=generation)
+        return reply.id
 
-    def respond_now(self) -> None:
-        """``response.create``: answer the conversation as it stands, now."""
+    def respond_now(
+        self,
+        messages: list[ChatMessage] | None = None,
+        generation: GenerationSettings | None = None,
+    ) -> str | None:
+        """``response.create``: answer the conversation as it stands (or ``messages``), now."""
         self._final_clock = self.clock.now()
         self._endpoint_clock = self._final_clock
         self._speech_end_clock = self._final_clock
-        self._respond()
+        return self._respond(messages, generation)
 
     def cancel_reply(self, reason: str = "client_cancelled") -> None:
         """``response.cancel``: stop the current reply, keeping what was heard. Nothing to
         cancel is not an error (clients send it freely)."""
+        self.rest.cancel_text(reason)
+        self.tool_runs.cancel()  # a pending server-side call
         if self._reply is not None:
             self._interrupt_reply(self._reply.id, reason)
 
@@ -854,11 +967,13 @@ class Session:
         output: list[dict[str, Any]] = []
         if reply.started_audio:
             item = Item(reply.item_id, "assistant", heard, interrupted=True)
-            previous = self.conversation.add(item)
+            audio_s = reply.total_samples / reply.rate  # synthesized: the reply's cost
+            previous = self.rest.add_reply(reply.id, item, audio_s)  # out of band: no history
             self.emit(ev.item_truncated(reply.item_id, reply.position_ms(), heard))
             self.emit(ev.item_done(item.to_event_item(), previous))
             output = [item.to_event_item()]
         err = reply.error if status == "failed" else None
+        self.tools.discard(reply.id)  # calls of a cancelled reply are never announced
         self.emit(ev.response_done(reply.id, status, output, reason=reason, err=err))
 
     def _on_playout(self, reply: Reply, what: str) -> None:
@@ -872,7 +987,8 @@ class Session:
         self._finished.append(reply)
         text = reply.spoken_text()
         item = Item(reply.item_id, "assistant", text)
-        previous = self.conversation.add(item)
+        audio_s = reply.total_samples / reply.rate
+        previous = self.rest.add_reply(reply.id, item, audio_s)  # out of band: not in history
         self.turns.reply_ended(reply.id)
         if self._reply is reply:
             self._reply = None
@@ -882,7 +998,25 @@ class Session:
         self.emit(ev.output_item_done(reply.id, item.to_event_item()))
         self.emit(ev.item_done(item.to_event_item(), previous))
         self.emit(ev.output_audio_stopped(reply.id))
-        self.emit(ev.response_done(reply.id, reply.status, [item.to_event_item()], err=reply.error))
+        calls = self.tools.finish(reply.id, self.conversation, 1)  # its function calls
+        output = [item.to_event_item(), *calls]
+        self.emit(ev.response_done(reply.id, reply.status, output, err=reply.error))
+        self.tool_runs.after_reply(calls)  # the server's own tools run now
+
+    def _ended_silent(self, reply: Reply) -> None:
+        """A reply that produced no audio (only tool calls) ends as if it had played."""
+        if not reply.ended:
+            self._on_playout(reply, "finished")
+
+    def add_server_tools(self, tools: list[ServerTool]) -> None:
+        """Tools this session runs itself (MCP servers' tools, built-ins); the model sees
+        them beside the client's function tools."""
+        self.tool_runs.add(tools)
+
+    def _tool_follow_up(self) -> None:
+        """The server's tools have answered: speak the answer (no further tool call)."""
+        self.tools.next_response(ToolOptions(tool_choice="none"))
+        self.respond_now()
 
 
 class Sessions:
@@ -907,6 +1041,10 @@ class Sessions:
             clock=clock,
             session_id=session_id,
         )
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        """Each model role's scheduler statistics (admission by capacity, ``/healthz``)."""
+        return self.engine.load_stats()
 
     async def aclose(self) -> None:
         await self.engine.aclose()

@@ -32,8 +32,9 @@ def describe_session(session_id: str, settings: SessionSettings) -> dict[str, An
             "threshold": turn.vad_threshold,
             "prefix_padding_ms": turn.prefix_padding_ms,
             "silence_duration_ms": turn.silence_ms,
-            "create_response": True,
+            "create_response": turn.create_response,
             "interrupt_response": turn.interrupt,
+            "idle_timeout_ms": turn.idle_timeout_ms or None,
         }
     )
     seetalk: dict[str, Any] = {
@@ -42,22 +43,47 @@ def describe_session(session_id: str, settings: SessionSettings) -> dict[str, An
         if k not in ("turn", "instructions", "voice", "input_format", "output_format")
     }
     seetalk["turn"] = {k: getattr(turn, k) for k in turn.__dataclass_fields__}
+    transcription = {
+        "model": "seetalk",
+        "language": settings.transcription_language or None,
+        "prompt": settings.transcription_prompt or None,
+    }
+    if settings.kind == "transcription":  # captions only: no output, no model, no voice
+        return {
+            "type": "transcription",
+            "id": session_id,
+            "object": "realtime.transcription_session",
+            "audio": {
+                "input": {
+                    "format": FORMATS.get(settings.input_format, PCM16).to_dict(),
+                    "transcription": transcription,
+                    "turn_detection": detection,
+                }
+            },
+            "seetalk": seetalk,
+        }
+    truncation: Any = settings.truncation
+    if truncation == "retention_ratio":
+        truncation = {"type": "retention_ratio", "retention_ratio": settings.retention_ratio}
     return {
         "type": "realtime",
         "id": session_id,
         "object": "realtime.session",
         "model": "seetalk",
         "instructions": settings.instructions,
-        "output_modalities": ["audio"],
+        "output_modalities": [settings.output_modalities],
         "max_output_tokens": settings.max_output_tokens,
+        "truncation": truncation,
         "audio": {
             "input": {
                 "format": FORMATS.get(settings.input_format, PCM16).to_dict(),
+                "transcription": transcription,
                 "turn_detection": detection,
             },
             "output": {
                 "format": FORMATS.get(settings.output_format, PCM16).to_dict(),
                 "voice": settings.voice,
+                "speed": settings.speed,
             },
         },
         "seetalk": seetalk,
@@ -93,12 +119,30 @@ def settings_for(current: SessionSettings, update: SessionUpdate) -> SessionSett
         turn.update(_turn_changes(td))
     if update.noise_reduction == "far_field":
         changes["echo"] = "on"  # a speakerphone: cancel the reply's echo (docs/echo.md)
+    changes.update(_rest_of_protocol(update))
     changes.update(dict(update.seetalk or ()))
     turn.update(dict(update.seetalk_turn or ()))
     if turn:
         changes["turn"] = turn
     new: SessionSettings = updated(current, changes)
     return new
+
+
+def _rest_of_protocol(update: SessionUpdate) -> dict[str, Any]:
+    """``output_modalities``, ``session.type``, ``audio.output.speed``,
+    ``audio.input.transcription`` and ``truncation`` as settings."""
+    changes: dict[str, Any] = {}
+    if update.output_modalities is not None:
+        changes["output_modalities"] = update.output_modalities[0]
+    if update.kind is not None:
+        changes["kind"] = update.kind
+    if update.speed is not None:
+        changes["speed"] = update.speed
+    if update.transcription is not None:
+        changes.update(dict(update.transcription))
+    if update.truncation is not None:
+        changes["truncation"], changes["retention_ratio"] = update.truncation
+    return changes
 
 
 def _turn_changes(td: TurnDetection) -> dict[str, Any]:
@@ -110,6 +154,8 @@ def _turn_changes(td: TurnDetection) -> dict[str, Any]:
         ("prefix_padding_ms", "prefix_padding_ms"),
         ("silence_duration_ms", "silence_ms"),
         ("interrupt_response", "interrupt"),
+        ("create_response", "create_response"),
+        ("idle_timeout_ms", "idle_timeout_ms"),
     ):
         value = getattr(td, src)
         if value is not None:

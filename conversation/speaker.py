@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -22,8 +23,10 @@ from conversation import events as ev
 from conversation.playout import AudioOutput
 from conversation.reply import Reply
 from llm.backend import ChatMessage, GenerationSettings
+from llm.tools import ToolCallDelta, ToolUse, tool_stream
+from models.scheduler import Priority
 from seetalk.clock import Clock
-from seetalk.errors import BackendError, ImagesRejected
+from seetalk.errors import BackendError, ImagesRejected, SeetalkError
 from voice.audio import float_to_s16, resample
 from voice.tts import ClauseSplitter, Synthesizer
 
@@ -51,6 +54,15 @@ class Busy:
         finally:
             self.count -= 1
 
+    @contextlib.contextmanager
+    def idle(self):  # type: ignore[no-untyped-def]
+        """Inside ``busy()``: waiting on the timeline (not on a model) counts as idle."""
+        self.count -= 1
+        try:
+            yield
+        finally:
+            self.count += 1
+
 
 class Speaker:
     """Runs each reply's generation and synthesis tasks. It keeps no per-reply state: the
@@ -69,14 +81,18 @@ class Speaker:
         busy: Busy,
         spawn: Callable[..., asyncio.Task],
         on_failed: Callable[[Reply, dict[str, Any]], None] | None = None,
+        session_id: str = "",
     ) -> None:
         self.engine = engine
+        self.session_id = session_id  # whose share of the voice's scheduler it uses
         self.audio_out = audio_out
         self.emit = emit
         self.clock = clock
         self.busy = busy
         self.spawn = spawn
         self.on_failed = on_failed
+        self.on_tool: Callable[[Reply, ToolCallDelta], None] | None = None  # a call's piece
+        self.on_silent: Callable[[Reply], None] | None = None  # a reply ended with no audio
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -86,10 +102,15 @@ class Speaker:
         messages: list[ChatMessage],
         settings: GenerationSettings,
         on_images_dropped: Callable[[str], None] | None = None,
+        tools: ToolUse | None = None,
     ) -> None:
-        """Start generating and speaking ``reply``. Held replies synthesize but stay silent."""
+        """Start generating and speaking ``reply``. Held replies synthesize but stay silent.
+        With ``tools`` the model may call them (pieces go to ``on_tool``)."""
         reply.generation = self.spawn(
-            self._guard(reply, lambda: self._generate(reply, messages, settings, on_images_dropped))
+            self._guard(
+                reply,
+                lambda: self._generate(reply, messages, settings, on_images_dropped, tools),
+            )
         )
         reply.synthesis = self.spawn(self._guard(reply, lambda: self._synthesize(reply)))
 
@@ -114,18 +135,28 @@ class Speaker:
         reply.released.set()
         self.announce(reply)
         reply.flusher = self.spawn(self._guard(reply, lambda: self._flush(reply)))
+        if reply.synthesis_done:
+            self._maybe_silent(reply)
+
+    def _maybe_silent(self, reply: Reply) -> None:
+        """A reply with no audio at all (only tool calls) ends now: playout never will."""
+        if reply.total_samples == 0 and not reply.held and not reply.ended and self.on_silent:
+            self.on_silent(reply)
 
     def pause(self, reply: Reply) -> None:
-        """Barge-in: stop synthesis now (generation goes on, bounded by max tokens).
+        """Barge-in: stop synthesis now; generation waits (by backpressure) until
+        :meth:`resume` or :meth:`cancel`, so the interrupting speech has the cores.
 
         The task is cancelled before this returns, so it cannot queue more audio."""
         self._stop(reply.synthesis)
         self._stop(reply.flusher)
         reply.synthesis = reply.flusher = None
         reply.queued = reply.played
+        reply.unpaused.clear()  # generation waits too (see _stream)
 
     def resume(self, reply: Reply) -> None:
         """Play on from the playout position; synthesize what was not synthesized yet."""
+        reply.unpaused.set()
         if reply.synthesis is not None or reply.ended:
             return
         reply.queued = reply.played
@@ -148,21 +179,24 @@ class Speaker:
         unawaited."""
         try:
             await work()
+        except SeetalkError as exc:  # typed (a remote role down): its own code and message
+            log.warning("reply %s failed: %s", reply.id, exc)
+            self._fail(reply, exc.message, exc.to_event_error())
         except Exception as exc:  # noqa: BLE001 - reported as an error event, reply failed
             log.exception("reply %s failed", reply.id)
             self._fail(reply, f"the reply failed: {type(exc).__name__}: {exc}")
 
-    def _fail(self, reply: Reply, message: str) -> None:
-        if reply.ended or reply.error is not None and reply.error.get("code") == "reply_failed":
+    def _fail(self, reply: Reply, message: str, error: dict[str, Any] | None = None) -> None:
+        if reply.ended or reply.failed:
             return
-        error = {
+        error = error or {
             "type": "server_error",
             "code": "reply_failed",
             "message": message,
             "param": None,
             "event_id": None,
         }
-        reply.error = error
+        reply.error, reply.failed = error, True
         if not reply.held:  # a held reply was never announced: it is dropped unseen
             self.emit(ev.error(error))
         if self.on_failed is not None:
@@ -176,16 +210,17 @@ class Speaker:
         messages: list[ChatMessage],
         settings: GenerationSettings,
         on_images_dropped: Callable[[str], None] | None,
+        tools: ToolUse | None = None,
     ) -> None:
         reply.times.llm_start = self.clock.now()
         try:
             try:
-                await self._stream(reply, messages, settings)
+                await self._stream(reply, messages, settings, tools)
             except ImagesRejected as exc:
                 if on_images_dropped is not None:
                     on_images_dropped(exc.message)
-                text_only = [ChatMessage(m.role, m.text) for m in messages]
-                await self._stream(reply, text_only, settings)
+                text_only = [dataclasses.replace(m, images=()) for m in messages]
+                await self._stream(reply, text_only, settings, tools)
         except BackendError as exc:
             log.warning("reply %s: %s", reply.id, exc.message)
             self.emit(ev.error(exc.to_event_error()))
@@ -197,13 +232,24 @@ class Speaker:
             reply.text_changed.set()
 
     async def _stream(
-        self, reply: Reply, messages: list[ChatMessage], settings: GenerationSettings
+        self,
+        reply: Reply,
+        messages: list[ChatMessage],
+        settings: GenerationSettings,
+        tools: ToolUse | None = None,
     ) -> None:
         with self.busy():
-            async for delta in self.engine.backend.stream(messages, settings):
+            async for delta in tool_stream(self.engine.backend, messages, settings, tools):
                 if reply.times.first_token is None:
                     reply.times.first_token = self.clock.now()
+                if isinstance(delta, ToolCallDelta):
+                    if self.on_tool is not None:
+                        self.on_tool(reply, delta)
+                    continue
                 reply.append_text(delta)
+                if not reply.unpaused.is_set():  # a possible barge-in: wait for its verdict
+                    with self.busy.idle():
+                        await reply.unpaused.wait()
 
     # --- synthesis ------------------------------------------------------------------------
 
@@ -234,15 +280,19 @@ class Speaker:
                 break
         reply.synthesis_done = True
         self.audio_out.check_finished()
+        self._maybe_silent(reply)
 
     async def _speak_clause(self, reply: Reply, clause: str) -> None:
         loop = asyncio.get_running_loop()
         synth = self.engine.synthesizer
         if reply.times.first_clause is None:
             reply.times.first_clause = reply.times.tts_start = self.clock.now()
+        # The first clause of a reply is what the person waits for; the rest can queue.
+        priority = Priority.REST if reply.segments else Priority.FIRST
+        lane = self.engine.tts_executor.lane(self.session_id, priority, kind="tts")
         with self.busy():
             audio, ends = await loop.run_in_executor(
-                self.engine.tts_executor, _synthesize_clause, synth, clause, reply.rate
+                lane, _synthesize_clause, synth, clause, reply.rate, reply.speed
             )
         if reply.times.first_audio_ready is None:
             reply.times.first_audio_ready = self.clock.now()
@@ -264,10 +314,14 @@ class Speaker:
 
 
 def _synthesize_clause(
-    synth: Synthesizer | RemoteSynthesizer, text: str, rate: int
+    synth: Synthesizer | RemoteSynthesizer, text: str, rate: int, speed: float = 1.0
 ) -> tuple[np.ndarray, list[float] | None]:
-    """The clause as int16 at ``rate``, and where each word ends (fractions of its audio)."""
-    audio, ends = synth.synthesize_timed(text)
+    """The clause as int16 at ``rate``, and where each word ends (fractions of its audio).
+    ``speed`` other than 1 needs the local voice (the session refuses it otherwise)."""
+    if speed != 1.0 and isinstance(synth, Synthesizer):
+        audio, ends = synth.synthesize_timed(text, speed=speed)
+    else:
+        audio, ends = synth.synthesize_timed(text)
     fractions = [e / max(1, audio.size) for e in ends] if ends is not None else None
     return float_to_s16(resample(audio, synth.sample_rate, rate)), fractions
 

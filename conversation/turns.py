@@ -11,7 +11,11 @@ Policy, in short:
   transcription speculatively; when a partial or that result arrives while the person is
   still silent, the reply is generated preemptively (held back, not played). Speech
   resuming discards both.
-* The endpoint is ``silence_ms`` of silence. Then the final transcript decides: the same words
+* The endpoint is ``silence_ms`` of silence (``eot="silence"``). With ``eot="smart_turn"``
+  the first silence also asks an end-of-turn model (:class:`CheckEndOfTurn`); its verdict
+  (:meth:`TurnTaker.end_of_turn_verdict`) ends a complete turn after
+  ``eot_complete_silence_ms`` and lets an incomplete one (or one with no verdict yet) run
+  to ``eot_incomplete_silence_ms``. Then the final transcript decides: the same words
   as the preemptive reply -> that reply is adopted and plays at once; other words -> a fresh
   reply; no words -> nothing (a cough is not a turn).
 * Speech onset while a reply is audible is a barge-in: the reply's audio stops at once
@@ -101,6 +105,14 @@ class RecognitionPaused:
 
 
 @dataclass(frozen=True)
+class CheckEndOfTurn:
+    """First silence at ``t`` with ``eot="smart_turn"``: ask the end-of-turn model about the
+    speech up to ``t``; answer with :meth:`TurnTaker.end_of_turn_verdict`."""
+
+    t: float
+
+
+@dataclass(frozen=True)
 class RecognitionResumed:
     """Speech came back before the endpoint: discard speculative work, keep recognizing."""
 
@@ -184,6 +196,7 @@ Action = (
     UtteranceStarted
     | RecognitionPaused
     | RecognitionResumed
+    | CheckEndOfTurn
     | StartPreemptive
     | CancelPreemptive
     | EndOfTurn
@@ -214,6 +227,7 @@ class TurnTaker:
         self.speaking = False
         self._utterance_start: float | None = None  # the open utterance
         self._silence_since: float | None = None  # ... in the silence after its speech
+        self._verdict: bool | None = None  # the end-of-turn model on this silence
         self._ended: deque[float] = deque()  # lengths of ended utterances awaiting a final
         self._preemptive: str | None = None
         self._unanswered: str | None = None  # a final that came while the person spoke again
@@ -253,6 +267,7 @@ class TurnTaker:
 
     def speech_started(self, onset: float) -> list[Action]:
         self.speaking = True
+        self._verdict = None
         actions: list[Action] = []
         if self._reply is not None and self._barge is None:
             if self._audible and self.settings.interrupt:
@@ -283,7 +298,26 @@ class TurnTaker:
         if self._utterance_start is None:
             return []
         self._silence_since = offset
+        self._verdict = None
+        if self.settings.mode == "server_vad" and self.settings.eot == "smart_turn":
+            return [RecognitionPaused(offset), CheckEndOfTurn(offset)]
         return [RecognitionPaused(offset)]
+
+    def end_of_turn_verdict(self, t: float, complete: bool) -> list[Action]:
+        """The end-of-turn model's answer to :class:`CheckEndOfTurn` at ``t``. A verdict on
+        a silence that speech already broke is ignored; the next :meth:`tick` acts on it."""
+        if self._silence_since == t and not self.speaking:
+            self._verdict = complete
+        return []
+
+    def endpoint_silence_s(self) -> float:
+        """The silence that ends the open utterance now, given the end-of-turn verdict."""
+        s = self.settings
+        if s.eot != "smart_turn":
+            return s.silence_ms / 1000
+        if self._verdict:
+            return s.eot_complete_silence_ms / 1000
+        return s.eot_incomplete_silence_ms / 1000
 
     def tick(self, now: float) -> list[Action]:
         """Call after each chunk of input audio with the input timeline's time."""
@@ -291,7 +325,7 @@ class TurnTaker:
         start = self._utterance_start
         if self.settings.mode == "server_vad" and start is not None and not self.finalizing:
             silence = self._silence_since
-            if silence is not None and now - silence >= self.settings.silence_ms / 1000:
+            if silence is not None and now - silence >= self.endpoint_silence_s():
                 actions.extend(self._end_of_turn(silence))
             elif now - start >= MAX_UTTERANCE_S:
                 actions.extend(self._end_of_turn(now))  # the longest utterance: cut here

@@ -28,20 +28,35 @@ from seetalk.errors import ConfigError
 if TYPE_CHECKING:
     pass
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A function call the model made: ``arguments`` is its JSON text (see llm/tools.py)."""
+
+    call_id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True)
 class ChatMessage:
-    """One message of the conversation. ``images`` are JPEG bytes, only on user messages."""
+    """One message of the conversation. ``images`` are JPEG bytes, only on user messages.
+    An assistant message may carry ``tool_calls``; a ``tool`` message is the output of the
+    call ``tool_call_id``."""
 
     role: Role
     text: str
     images: tuple[bytes, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
 
     def __post_init__(self) -> None:
-        if self.role not in ("system", "user", "assistant"):
+        if self.role not in ("system", "user", "assistant", "tool"):
             raise ValueError(f"unknown chat role {self.role!r}")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ValueError("a tool message (and only one) names its tool_call_id")
         if self.images and self.role != "user":
             raise ValueError("images belong on user messages only")
 
@@ -104,6 +119,9 @@ def openai_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     """
     out: list[dict[str, Any]] = []
     for m in messages:
+        if m.tool_calls or m.tool_call_id is not None:
+            out.append(_tool_message(m))
+            continue
         if not m.images:
             out.append({"role": m.role, "content": m.text})
             continue
@@ -113,3 +131,18 @@ def openai_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
         parts.append({"type": "text", "text": m.text})
         out.append({"role": m.role, "content": parts})
     return out
+
+
+def _tool_message(m: ChatMessage) -> dict[str, Any]:
+    """An assistant message with ``tool_calls``, or a ``tool`` message (OpenAI chat shape)."""
+    if m.tool_call_id is not None:
+        return {"role": "tool", "tool_call_id": m.tool_call_id, "content": m.text}
+    calls = [
+        {
+            "id": c.call_id,
+            "type": "function",
+            "function": {"name": c.name, "arguments": c.arguments},
+        }
+        for c in m.tool_calls
+    ]
+    return {"role": "assistant", "content": m.text or None, "tool_calls": calls}

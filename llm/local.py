@@ -17,6 +17,8 @@ the executor is free for the next request. ``CancelledError`` always propagates.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import re
 import threading
 import time
@@ -26,6 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from llm.backend import ChatMessage, GenerationSettings, has_images, openai_messages
+from llm.tools import (
+    CALL_MAX_TOKENS,
+    ToolCallDelta,
+    ToolUse,
+    call_schema,
+    parse_call,
+    plain_messages,
+    with_tools_prompt,
+)
 from seetalk.errors import (
     BackendError,
     ConfigError,
@@ -162,6 +173,15 @@ class LlamaCppBackend:
         self._active: set[_Pipe] = set()
         self._closed = False
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` with the model's own tokenizer (the vocabulary only: cheap and
+        safe beside a running generation); before the model is loaded, an estimate of one
+        token per 4 characters."""
+        llama = self._llama
+        if llama is None:
+            return -(-len(text) // 4)
+        return len(llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
     def warmup(self) -> None:
         """Load the model now (blocking; on the model's executor). Call it off the loop,
         e.g. ``await asyncio.to_thread(backend.warmup)``."""
@@ -178,6 +198,32 @@ class LlamaCppBackend:
         file). Cancelling is safe: the generation thread stops at the next token and
         ``CancelledError`` propagates.
         """
+        async for text in self._stream(messages, settings, None):
+            yield text
+
+    async def stream_tools(
+        self, messages: Sequence[ChatMessage], settings: GenerationSettings, tools: ToolUse
+    ) -> AsyncGenerator[str | ToolCallDelta, None]:
+        """The reply with tools (:mod:`llm.tools`). When a call is required (``required``
+        or a named function) the model writes it under a grammar built from the tools' JSON
+        Schemas, so its arguments always parse and match; with ``auto`` it answers in
+        words. One call per reply. Cancelling is safe, as for :meth:`stream`."""
+        if not tools.forced:
+            async for text in self._stream(plain_messages(messages), settings, None):
+                yield text
+            return
+        budget = dataclasses.replace(settings, max_tokens=max(settings.max_tokens, CALL_MAX_TOKENS))
+        prompt = with_tools_prompt(messages, tools)
+        pieces = [t async for t in self._stream(prompt, budget, call_schema(tools))]
+        name, arguments = parse_call("".join(pieces))
+        yield ToolCallDelta(0, call_id=None, name=name, arguments=arguments)
+
+    async def _stream(
+        self,
+        messages: Sequence[ChatMessage],
+        settings: GenerationSettings,
+        schema: dict[str, Any] | None,
+    ) -> AsyncGenerator[str, None]:
         if self._closed:
             raise BackendError(f"{self.name} is closed")
         if has_images(messages) and not self.supports_images:
@@ -185,10 +231,10 @@ class LlamaCppBackend:
                 f"{self.name} is a text-only model (no vision projector); images were not sent"
             )
         pipe = _Pipe(asyncio.get_running_loop(), self._queue_size)
-        payload = openai_messages(messages)
+        payload = openai_messages(plain_messages(messages))  # no tool roles in templates
         self._active.add(pipe)
         try:
-            self._executor.submit(self._generate, payload, settings, pipe)
+            self._executor.submit(self._generate, payload, settings, pipe, schema)
             while True:
                 item = await pipe.get()
                 if isinstance(item, str):
@@ -252,13 +298,23 @@ class LlamaCppBackend:
             return self._llama
 
     def _generate(
-        self, payload: list[dict[str, Any]], settings: GenerationSettings, pipe: _Pipe
+        self,
+        payload: list[dict[str, Any]],
+        settings: GenerationSettings,
+        pipe: _Pipe,
+        schema: dict[str, Any] | None = None,
     ) -> None:
         try:
             if pipe.stopped():
                 return
             llama = self._load()
+            grammar = None
+            if schema is not None:  # a tool call: the output must match the schema
+                from llama_cpp import LlamaGrammar
+
+                grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
             chunks = llama.create_chat_completion(
+                grammar=grammar,
                 messages=payload,
                 stream=True,
                 max_tokens=settings.max_tokens,

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from llm.backend import ChatMessage, GenerationSettings, has_images, openai_messages
+from llm.tools import ToolCallDelta, ToolUse, openai_tool_fields, tool_call_deltas
 from seetalk.errors import BackendError, BackendTimeout, ImagesRejected
 
 _IMAGE_WORDS = ("image", "multimodal", "multi-modal", "vision", "mmproj")
@@ -126,6 +127,22 @@ class OpenAIChatBackend:
         closes the HTTP response (the server sees the connection go and stops generating),
         and ``CancelledError`` propagates.
         """
+        async for delta in self._stream(messages, settings, None):
+            if isinstance(delta, str):
+                yield delta
+
+    async def stream_tools(
+        self, messages: Sequence[ChatMessage], settings: GenerationSettings, tools: ToolUse
+    ) -> AsyncGenerator[str | ToolCallDelta, None]:
+        """The reply with tools: the request carries ``tools``, ``tool_choice`` and
+        ``parallel_tool_calls``; the server's streamed ``delta.tool_calls`` come back as
+        :class:`~llm.tools.ToolCallDelta`, text as ``str``. Cancelling is safe."""
+        async for delta in self._stream(messages, settings, tools):
+            yield delta
+
+    async def _stream(
+        self, messages: Sequence[ChatMessage], settings: GenerationSettings, tools: ToolUse | None
+    ) -> AsyncGenerator[str | ToolCallDelta, None]:
         body: dict[str, Any] = {
             "model": self.model,
             "messages": openai_messages(messages),
@@ -135,6 +152,8 @@ class OpenAIChatBackend:
         }
         if settings.stop:
             body["stop"] = list(settings.stop)
+        if tools is not None and tools.active:
+            body.update(openai_tool_fields(tools))
         images = has_images(messages)
         for attempt in (1, 2):
             stream = self._stream_once(body, images, retry=attempt == 1 and not images)
@@ -150,7 +169,7 @@ class OpenAIChatBackend:
 
     async def _stream_once(
         self, body: dict[str, Any], images: bool, *, retry: bool
-    ) -> AsyncGenerator[str, None]:
+    ) -> AsyncGenerator[str | ToolCallDelta, None]:
         """One request. With ``retry``, a stream that breaks off before any text raises
         :class:`_BrokeOffEarly` instead of :class:`BackendError`."""
         url = f"{self.base_url}/chat/completions"
@@ -162,9 +181,12 @@ class OpenAIChatBackend:
                     raise self._http_error(resp.status_code, await resp.aread(), images)
                 if "text/event-stream" not in resp.headers.get("content-type", ""):
                     # A server that ignored ``stream``: one whole completion.
-                    text = _delta_text(self._parse(await resp.aread(), images))
+                    whole = self._parse(await resp.aread(), images)
+                    text = _delta_text(whole)
                     if text:
                         yield text
+                    for call in tool_call_deltas(whole):
+                        yield call
                     return
                 finished = False
                 async with aclosing(_sse_data(resp.aiter_lines())) as events:
@@ -177,6 +199,9 @@ class OpenAIChatBackend:
                         if text:
                             answered = True
                             yield text
+                        for call in tool_call_deltas(chunk):
+                            answered = True
+                            yield call
                 if not finished:
                     # The server failed after sending its 200 header. llama.cpp's server does
                     # that when a text-only model's chat template meets image content parts.

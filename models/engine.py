@@ -1,14 +1,15 @@
-"""The engine: the models every session shares, loaded once, each with its own executor.
+"""The engine: the models every session shares, loaded once, each with its own scheduler.
 
-Model inference never runs on the event loop: each model has a single-thread executor, so
-one model's work queues behind itself and never behind another's. A role whose model runs
+Model inference never runs on the event loop: each model role has a
+:class:`~models.scheduler.RoleScheduler` (one worker thread), so one model's work queues
+behind itself, never behind another's, ordered by what a person waits for and shared fairly
+between sessions. A role whose model runs
 on another machine (``asr_base_url``, ``tts_base_url``, ``llm_base_url``) is an HTTP client
 with the same interface, called in the same executor (see :mod:`voice.remote`).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import logging
 import time
@@ -17,10 +18,13 @@ from pathlib import Path
 
 from llm.backend import ChatBackend
 from llm.factory import make_backend
+from models.scheduler import RoleScheduler
 from seetalk.config import ModelConfig
+from seetalk.errors import ModelNotFound
 from vision.scene import SceneDescriber
 from voice.asr import Transcriber
 from voice.remote import RemoteSynthesizer, RemoteTranscriber
+from voice.smart_turn import SmartTurn
 from voice.tts import Synthesizer
 from voice.vad_model import shared_session
 
@@ -37,25 +41,18 @@ class Engine:
     backend: ChatBackend
     vision: SceneDescriber | None = None  # scene notes for a model that cannot see
     load_times: dict[str, float] = field(default_factory=dict)
-    asr_executor: concurrent.futures.ThreadPoolExecutor = field(
-        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="asr")
-    )
-    tts_executor: concurrent.futures.ThreadPoolExecutor = field(
-        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tts")
-    )
-    asr_partial_executor: concurrent.futures.ThreadPoolExecutor = field(
-        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="asr-partial"
-        )
-    )
-    vad_executor: concurrent.futures.ThreadPoolExecutor = field(
-        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vad")
-    )
-    vision_executor: concurrent.futures.ThreadPoolExecutor = field(
-        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="vision"
-        )
-    )
+    # One scheduler per model role, shared by every session (see models/scheduler.py).
+    asr_executor: RoleScheduler = field(default_factory=lambda: RoleScheduler("asr"))
+    tts_executor: RoleScheduler = field(default_factory=lambda: RoleScheduler("tts"))
+    asr_partial_executor: RoleScheduler = field(init=False)
+    vad_executor: RoleScheduler = field(default_factory=lambda: RoleScheduler("vad"))
+    vision_executor: RoleScheduler = field(default_factory=lambda: RoleScheduler("vision"))
+    eot_executor: RoleScheduler = field(default_factory=lambda: RoleScheduler("eot"))
+    eot: SmartTurn | None = None  # the end-of-turn model, when its package is installed
+
+    def __post_init__(self) -> None:
+        # Partials (the small model) yield the cores to a final pass of the large one.
+        self.asr_partial_executor = RoleScheduler("asr_partial", yield_to=self.asr_executor)
 
     @classmethod
     def load(cls, cfg: ModelConfig | None = None, *, warm: bool = True) -> Engine:
@@ -101,6 +98,7 @@ class Engine:
             backend=make_backend(cfg, resolve_llm),
         )
         engine.vision = _load_vision(cfg)
+        engine.eot = _load_eot()
         if warm:
             engine.warmup()
         return engine
@@ -113,6 +111,7 @@ class Engine:
             ("asr_partial", getattr(self.partial_transcriber, "load", lambda: None)),
             ("tts", self.synthesizer.load),
             ("llm", getattr(self.backend, "warmup", lambda: None)),
+            ("eot", getattr(self.eot, "load", lambda: None)),
         ):
             t0 = time.perf_counter()
             load()
@@ -128,14 +127,24 @@ class Engine:
                 role.close()  # quick: closes idle pooled connections
 
     @property
-    def executors(self) -> tuple[concurrent.futures.ThreadPoolExecutor, ...]:
+    def executors(self) -> tuple[RoleScheduler, ...]:
         return (
             self.asr_executor,
             self.asr_partial_executor,
             self.tts_executor,
             self.vad_executor,
             self.vision_executor,
+            self.eot_executor,
         )
+
+    def load_stats(self) -> dict[str, dict[str, object]]:
+        """Each role's queue depth by priority, running, done and skipped jobs, waits."""
+        return {role.name: role.stats() for role in self.executors}
+
+    def forget(self, session: str) -> None:
+        """A session ended: its fair-share accounts go."""
+        for role in self.executors:
+            role.forget(session)
 
 
 def _partial_transcriber(cfg: ModelConfig) -> Transcriber | None:
@@ -148,6 +157,17 @@ def _partial_transcriber(cfg: ModelConfig) -> Transcriber | None:
         return None
     partial_cfg = dataclasses.replace(cfg, asr=cfg.asr_partial)
     return Transcriber(resolve_asr(partial_cfg), threads=cfg.asr_threads)
+
+
+def _load_eot() -> SmartTurn | None:
+    """Smart Turn, if its package is installed (else turns end on silence alone)."""
+    from models.registry import resolve_smart_turn
+
+    try:
+        return SmartTurn(resolve_smart_turn())
+    except ModelNotFound as exc:
+        log.warning("%s; turns end on silence alone", exc.message)
+        return None
 
 
 def _load_vision(cfg: ModelConfig) -> SceneDescriber:

@@ -69,6 +69,21 @@ def resolve_vad(cfg: ModelConfig) -> Path:
     raise ModelNotFound(f"voice activity model not found: {_PIP} silero-vad")
 
 
+# --- end of turn ----------------------------------------------------------------------------
+
+SMART_TURN_PACKAGE = "pipecat-ai==1.14.0"  # the Makefile's pin; installed --no-deps
+_SMART_TURN_REL = "audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"
+
+
+def resolve_smart_turn() -> Path:
+    """Smart Turn v3.2 (ONNX), shipped inside the ``pipecat-ai`` wheel: located, never
+    imported (pipecat itself would pull in its whole framework)."""
+    base = _package_dir("pipecat")
+    if base is not None and (base / _SMART_TURN_REL).is_file():
+        return base / _SMART_TURN_REL
+    raise ModelNotFound(f"end-of-turn model not found: {_PIP} {SMART_TURN_PACKAGE}")
+
+
 # --- speech recognition -------------------------------------------------------------------
 
 

@@ -81,6 +81,11 @@ TURN_LIMITS: dict[str, Limit] = {
     "false_interruption_timeout_ms": (int, 0, 10_000),
     "resume_false_interruption": (bool, None, None),
     "mode": (str, ("server_vad", "none"), None),
+    "create_response": (bool, None, None),
+    "idle_timeout_ms": (int, 0, 600_000),
+    "eot": (str, ("silence", "smart_turn"), None),
+    "eot_complete_silence_ms": (int, 0, 10_000),
+    "eot_incomplete_silence_ms": (int, 0, 10_000),
 }
 """Every :class:`TurnSettings` field and its range: the one table that both the settings
 objects and the ``session.update`` parser (``conversation/protocol.py``) check against."""
@@ -98,6 +103,13 @@ SESSION_LIMITS: dict[str, Limit] = {
     "input_format": (str, AUDIO_FORMATS, None),
     "output_format": (str, AUDIO_FORMATS, None),
     "echo": (str, ("auto", "on", "off"), None),
+    "output_modalities": (str, ("audio", "text"), None),
+    "kind": (str, ("realtime", "transcription"), None),
+    "speed": (float, 0.25, 1.5),
+    "transcription_language": (str, 0, 16),
+    "transcription_prompt": (str, 0, 4000),
+    "truncation": (str, ("auto", "disabled", "retention_ratio"), None),
+    "retention_ratio": (float, 0.0, 1.0),
 }
 """Every :class:`SessionSettings` field but ``turn`` (see :data:`TURN_LIMITS`)."""
 
@@ -154,6 +166,14 @@ class TurnSettings:
     - ``false_interruption_timeout_ms``: a barge-in that yields no words within this time
       is false; the reply resumes where it stopped if ``resume_false_interruption``.
     - ``mode``: ``"server_vad"`` (automatic turns) or ``"none"`` (the client commits turns).
+    - ``create_response``: answer each detected turn (else commit and transcribe it, and
+      wait for ``response.create``).
+    - ``idle_timeout_ms``: after a reply has played, this much input without speech
+      triggers ``input_audio_buffer.timeout_triggered`` and a reply (0: off).
+    - ``eot``: what ends a turn: ``"silence"`` (``silence_ms``) or ``"smart_turn"`` (an
+      end-of-turn model hears the speech at the first silence: a complete turn ends after
+      ``eot_complete_silence_ms``, an incomplete one, or one without a verdict yet, after
+      ``eot_incomplete_silence_ms``). ``semantic_vad`` eagerness maps onto these.
     """
 
     silence_ms: int = 500
@@ -166,6 +186,11 @@ class TurnSettings:
     false_interruption_timeout_ms: int = 1500
     resume_false_interruption: bool = True
     mode: str = "server_vad"
+    create_response: bool = True
+    idle_timeout_ms: int = 0
+    eot: str = "silence"
+    eot_complete_silence_ms: int = 200
+    eot_incomplete_silence_ms: int = 2000
 
     def __post_init__(self) -> None:
         check_settings(self, TURN_LIMITS)
@@ -189,6 +214,12 @@ class SessionSettings:
     ``echo``: server-side echo cancellation with the reply as the reference (docs/echo.md):
     ``"auto"`` (on, unless the client says it cancels echo itself: the page sets ``"off"``),
     ``"on"`` or ``"off"``.
+    ``output_modalities``: ``"audio"`` (spoken, with its transcript) or ``"text"`` (text
+    only, nothing synthesized). ``kind``: ``"realtime"``, or ``"transcription"`` (captions
+    only: turns are transcribed, never answered). ``speed``: the voice's rate (0.25-1.5).
+    ``transcription_language`` (ISO-639-1, ``""``: detected) and ``transcription_prompt``
+    go to the recognizer. ``truncation`` bounds the model input by its context in tokens
+    (``conversation/budget.py``; ``retention_ratio`` for ``"retention_ratio"``).
     """
 
     instructions: str = DEFAULT_INSTRUCTIONS
@@ -204,6 +235,13 @@ class SessionSettings:
     input_format: str = "audio/pcm"
     output_format: str = "audio/pcm"
     echo: str = "auto"
+    output_modalities: str = "audio"
+    kind: str = "realtime"
+    speed: float = 1.0
+    transcription_language: str = ""
+    transcription_prompt: str = ""
+    truncation: str = "auto"
+    retention_ratio: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.turn, TurnSettings):

@@ -119,3 +119,16 @@ class SessionLimit(SeetalkError):
 class Unauthorized(SeetalkError):
     type = "invalid_request_error"
     code = "unauthorized"
+
+
+class Skipped(SeetalkError):
+    """Background model work (a partial transcript, a scene note) was dropped because its
+    role was behind or newer work replaced it (``models/scheduler.py``). Not a failure."""
+
+    code = "work_skipped"
+
+
+class SchedulerFull(SeetalkError):
+    """A session queued more must-run work on one model role than its bound allows."""
+
+    code = "scheduler_full"

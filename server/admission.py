@@ -11,14 +11,24 @@ leaves a single-use token usable.
 
 ``peers`` is the live-session table of all transports (``/sessions``, ``max_sessions``,
 hang-up, shutdown); a session leaves it, counted by its end reason, when it closes.
+
+Capacity is measured, not only counted: a session source that reports its model roles' load
+(:class:`ReportsLoad`: ``conversation.session.Sessions``) feeds :class:`CapacityGate`, a pure
+object that turns the roles' queue depths and busy seconds into a verdict: a role whose
+must-run work (finals, first clauses) queues up, or that was busy more than
+``max_utilisation`` of the last ``window_s``, refuses new sessions (503 ``overloaded`` with
+``Retry-After``); ``/healthz`` and ``/metrics`` report the load and the capacity estimate
+(the sessions the busiest role could carry at ``max_utilisation``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from conversation.contract import SessionSource
 from seetalk.errors import Unauthorized
@@ -44,11 +54,99 @@ class LiveSession(Protocol):
 
 
 class Refused(Exception):
-    """A session refused before it opened: answered with ``status`` and an error body."""
+    """A session refused before it opened: answered with ``status`` and an error body
+    (and, with ``retry_after``, a ``Retry-After`` header in seconds)."""
 
-    def __init__(self, status: int, code: str, message: str, type_: str = "server_error"):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        type_: str = "server_error",
+        retry_after: int | None = None,
+    ):
         super().__init__(message)
         self.status, self.code, self.message, self.type = status, code, message, type_
+        self.retry_after = retry_after
+
+
+@runtime_checkable
+class ReportsLoad(Protocol):
+    """A session source that reports each model role's scheduler statistics
+    (``models.scheduler.RoleScheduler.stats``): ``queued`` (depth by priority),
+    ``running``, ``busy_s`` (seconds of work done, cumulative), ``workers``."""
+
+    def load(self) -> Mapping[str, Mapping[str, Any]]: ...
+
+
+MUST_RUN = ("final", "first")  # queued work a person is waiting for
+
+
+@dataclass(frozen=True)
+class LoadVerdict:
+    overloaded: bool
+    reason: str
+    utilisation: dict[str, float]  # per role, over the window
+    capacity: int | None  # sessions the busiest role could carry; None: no load measured
+
+
+class CapacityGate:
+    """Pure: role statistics and times in, a verdict out. ``observe`` a snapshot whenever
+    one is taken (each admission, ``/healthz``, ``/metrics``); utilisation is measured
+    between the oldest snapshot in the last ``window_s`` and the newest."""
+
+    def __init__(
+        self,
+        *,
+        window_s: float = 10.0,
+        max_utilisation: float = 0.85,
+        max_must_run_queued: int = 2,
+        retry_after_s: int = 5,
+    ) -> None:
+        self.window_s = window_s
+        self.max_utilisation = max_utilisation
+        self.max_must_run_queued = max_must_run_queued
+        self.retry_after_s = retry_after_s
+        self._samples: deque[tuple[float, dict[str, float]]] = deque(maxlen=256)
+
+    def observe(self, now: float, load: Mapping[str, Mapping[str, Any]]) -> None:
+        busy = {
+            role: float(s.get("busy_s", 0.0)) / max(1, int(s.get("workers", 1)))
+            for role, s in load.items()
+        }
+        self._samples.append((now, busy))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self.window_s:
+            self._samples.popleft()
+
+    def verdict(self, load: Mapping[str, Mapping[str, Any]], sessions: int) -> LoadVerdict:
+        util: dict[str, float] = {}
+        if len(self._samples) >= 2:
+            (t0, b0), (t1, b1) = self._samples[0], self._samples[-1]
+            if t1 > t0:
+                util = {r: max(0.0, b1[r] - b0.get(r, 0.0)) / (t1 - t0) for r in b1}
+        for role, stats in load.items():
+            queued = stats.get("queued", {})
+            waiting = sum(int(queued.get(p, 0)) for p in MUST_RUN)
+            if waiting > self.max_must_run_queued:
+                return LoadVerdict(
+                    True, f"{waiting} jobs waiting on {role}", util, self._capacity(util, sessions)
+                )
+        busiest = max(util.items(), key=lambda kv: kv[1], default=None)
+        capacity = self._capacity(util, sessions)
+        if busiest is not None and busiest[1] > self.max_utilisation:
+            return LoadVerdict(
+                True,
+                f"{busiest[0]} busy {busiest[1]:.0%} of the last {self.window_s:.0f} s",
+                util,
+                capacity,
+            )
+        return LoadVerdict(False, "", util, capacity)
+
+    def _capacity(self, util: Mapping[str, float], sessions: int) -> int | None:
+        peak = max(util.values(), default=0.0)
+        if sessions == 0 or peak <= 0.02:
+            return None  # nothing measured: the configured maximum applies
+        return int(sessions * self.max_utilisation / peak)
 
 
 class Admission:
@@ -61,8 +159,10 @@ class Admission:
         auth: Authenticator,
         metrics: Metrics,
         clock: Callable[[], float],
+        gate: CapacityGate | None = None,
     ):
         self.max_sessions = max_sessions
+        self.gate = gate or CapacityGate()
         self.auth = auth
         self.metrics = metrics
         self.clock = clock
@@ -79,6 +179,15 @@ class Admission:
         if self.source is not None:
             return "ready"
         return "failed" if self.source_error else "loading"
+
+    def load(self) -> tuple[Mapping[str, Mapping[str, Any]], LoadVerdict | None]:
+        """The model roles' statistics now and the gate's verdict (empty and ``None`` for
+        a source that reports no load). Observes the snapshot."""
+        if not isinstance(self.source, ReportsLoad):
+            return {}, None
+        stats = self.source.load()
+        self.gate.observe(self.clock(), stats)
+        return stats, self.gate.verdict(stats, len(self.peers))
 
     def reserve(self, credential: str | None) -> Slot:
         """A slot for one new session, or :class:`Refused` (401, 503). Synchronous."""
@@ -106,6 +215,16 @@ class Admission:
                 503,
                 "session_limit",
                 f"the server holds its maximum of {self.max_sessions} sessions; try again later",
+                retry_after=self.gate.retry_after_s,
+            )
+        _, verdict = self.load()
+        if verdict is not None and verdict.overloaded and self.peers:
+            self.metrics.session_rejected("overloaded")
+            raise Refused(
+                503,
+                "overloaded",
+                f"the server is at capacity ({verdict.reason}); try again later",
+                retry_after=self.gate.retry_after_s,
             )
         self.auth.spend(grant, now)
         self.starting += 1

@@ -74,6 +74,8 @@ class HttpError(Refused):
 def error_response(exc: Refused) -> JSONResponse:
     body = {"error": {"type": exc.type, "code": exc.code, "message": exc.message}}
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    if exc.retry_after is not None:
+        headers = {"Retry-After": str(exc.retry_after)}
     return JSONResponse(body, status_code=exc.status, headers=headers)
 
 
@@ -401,6 +403,15 @@ def create_app(
         }
         if state.engine_error:
             body["error"] = state.engine_error
+        load, verdict = state.admission.load()  # queue depth per model role, capacity
+        if verdict is not None:
+            body["load"] = {
+                "overloaded": verdict.overloaded,
+                "reason": verdict.reason or None,
+                "capacity_estimate": verdict.capacity,
+                "utilisation": {r: round(u, 3) for r, u in verdict.utilisation.items()},
+                "roles": load,
+            }
         return JSONResponse(body, status_code=200 if state.status == "ready" else 503)
 
     @app.get("/livez")
@@ -415,7 +426,14 @@ def create_app(
     @app.get("/metrics")
     async def metrics(request: Request) -> PlainTextResponse:
         state.auth.require_api_key(credential_of(request))
-        text = state.metrics.render({"seetalk_engine_ready": float(state.status == "ready")})
+        load, verdict = state.admission.load()
+        text = state.metrics.render(
+            {"seetalk_engine_ready": float(state.status == "ready")},
+            load=load,
+            utilisation=verdict.utilisation if verdict else None,
+            capacity=verdict.capacity if verdict else None,
+            overloaded=verdict.overloaded if verdict else None,
+        )
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.post("/session-token")
@@ -468,7 +486,10 @@ def create_app(
             raise
         peer, answer = await state.open_session(sdp, initial, credential)
         if as_json:
-            return JSONResponse({"sdp": answer, "type": "answer", "session_id": peer.id})
+            return JSONResponse(
+                {"sdp": answer, "type": "answer", "session_id": peer.id},
+                headers={"X-Session-Id": peer.id},  # balancers route hang-ups by it
+            )
         return Response(
             answer,
             status_code=201,

@@ -147,7 +147,18 @@ class Metrics:
 
     # --- exposition -------------------------------------------------------------------------
 
-    def render(self, extra_gauges: Mapping[str, float] | None = None) -> str:
+    def render(
+        self,
+        extra_gauges: Mapping[str, float] | None = None,
+        *,
+        load: Mapping[str, Mapping[str, Any]] | None = None,
+        utilisation: Mapping[str, float] | None = None,
+        capacity: int | None = None,
+        overloaded: bool | None = None,
+    ) -> str:
+        """Prometheus text. ``load``: each model role's scheduler statistics (queue depth
+        by priority, jobs running, skipped); ``utilisation``, ``capacity`` and
+        ``overloaded``: the admission gate's verdict."""
         out: list[str] = []
 
         def metric(name: str, kind: str, help_: str) -> None:
@@ -187,6 +198,32 @@ class Metrics:
             "Speech onset to reply audio stopped, in milliseconds, from seetalk.barge_in.",
         )
         out.extend(_histogram_lines("seetalk_barge_in_stop_ms", self.barge_in_stop_ms, ""))
+        if load:
+            metric("seetalk_role_queue_depth", "gauge", "Jobs queued on a model role.")
+            for role, stats in sorted(load.items()):
+                for prio, n in sorted(stats.get("queued", {}).items()):
+                    lbl = f'role="{_label_value(role)}",priority="{_label_value(prio)}"'
+                    out.append(f"seetalk_role_queue_depth{{{lbl}}} {n}")
+            metric("seetalk_role_running", "gauge", "Jobs running on a model role.")
+            for role, stats in sorted(load.items()):
+                out.append(
+                    f'seetalk_role_running{{role="{_label_value(role)}"}} {stats.get("running", 0)}'
+                )
+            metric("seetalk_role_skipped_total", "counter", "Background jobs skipped (behind).")
+            for role, stats in sorted(load.items()):
+                out.append(
+                    f'seetalk_role_skipped_total{{role="{_label_value(role)}"}} {stats.get("skipped", 0)}'
+                )
+        if utilisation:
+            metric("seetalk_role_utilisation", "gauge", "Busy fraction of a role, last window.")
+            for role, u in sorted(utilisation.items()):
+                out.append(f'seetalk_role_utilisation{{role="{_label_value(role)}"}} {u:.4f}')
+        if capacity is not None:
+            metric("seetalk_capacity_sessions", "gauge", "Sessions the busiest role could carry.")
+            out.append(f"seetalk_capacity_sessions {capacity}")
+        if overloaded is not None:
+            metric("seetalk_overloaded", "gauge", "1 while new sessions are refused for load.")
+            out.append(f"seetalk_overloaded {int(overloaded)}")
         for name, value in (extra_gauges or {}).items():
             metric(name, "gauge", name.replace("_", " ") + ".")
             out.append(f"{name} {value}")

@@ -49,10 +49,12 @@ from conversation.protocol import (
     ClientEvent,
     InputAudioAppend,
     ItemTruncate,
+    ResponseCancel,
     parse_client_event,
 )
+from conversation.resume import Handover, ResumeRefused, ResumeRegistry, binding
 from seetalk.config import SessionSettings
-from seetalk.errors import InvalidEvent, SeetalkError
+from seetalk.errors import InvalidEvent, SeetalkError, Unauthorized
 from server.auth import bearer
 from server.ratelimit import EVENTS_BURST, EVENTS_PER_S, MAX_MESSAGE_BYTES, TokenBucket
 from server.realtime_codec import PCM16, PCM_RATE, AudioEncoder, AudioFormat, decode_audio
@@ -137,6 +139,15 @@ class RealtimeConnection:
         self._stop = asyncio.Event()
         self._done = asyncio.Event()
         self._disconnected = False
+        # resumption (conversation/resume.py): set by the route; a dropped socket parks
+        # the session for ``resumes.window_s`` and a resuming socket is served in its place
+        self.resumes: ResumeRegistry[RealtimeConnection] | None = None
+        self.bound_to = ""
+        self.handover: Handover[WebSocket] = Handover()
+        self._handing_over = False
+        self._parked = False
+        self._socket_done: asyncio.Event | None = None  # the resuming request waits on it
+        self._session_object: dict[str, Any] = {}
 
     @property
     def in_format(self) -> AudioFormat:
@@ -153,7 +164,16 @@ class RealtimeConnection:
         """Serve the socket until either side ends it, then close the session.
 
         Cancelling it is safe: the tasks and the session are closed, then the cancellation
-        propagates."""
+        propagates. A resumable session outlives a dropped socket (``_next_socket``)."""
+        try:
+            while True:
+                await self._serve()
+                if not await self._next_socket():
+                    break
+        finally:
+            await self._finish()
+
+    async def _serve(self) -> None:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._receive_loop(), name=f"{self.id}:ws-receive")
@@ -165,8 +185,60 @@ class RealtimeConnection:
             self.close_reason = self.close_reason or "internal_error"
             self.close_code = 1011
             log.error("realtime %s failed", self.id, exc_info=group)
+
+    def take_over(self) -> None:
+        """A resume handed a new socket over (:attr:`handover`): end the current one (a
+        parked session takes it at once)."""
+        if not self._parked:
+            self._handing_over = True
+            self._stop.set()
+
+    async def _next_socket(self) -> bool:
+        """After a socket ended: the session goes on with a resuming one if the client
+        comes back within the window (the socket dropped, or another took over)."""
+        if self._socket_done is not None:
+            self._socket_done.set()
+        if self.resumes is None:
+            return False
+        if self._handing_over:
+            self._handing_over = False
+            with contextlib.suppress(Exception):
+                await self.ws.close(4000, "resumed on another connection")
+        elif self.close_reason != "dropped":
+            return False  # closed cleanly, by the server, idle, too large: not resumable
+        else:
+            self.resumes.park(self, self.clock())
+            # nobody hears the reply now; missed audio is never replayed
+            await self.session.handle_client_event(ResponseCancel())
+        self._stop.clear()
+        self._parked = True
+        try:
+            taken = await self.handover.wait(self.resumes.window_s, self._stop)
         finally:
-            await self._finish()
+            self._parked = False
+        if taken is None:
+            return False
+        self.ws, self._socket_done = taken
+        self._disconnected, self.close_reason, self.close_code = False, None, 1000
+        self.last_client_event = self.clock()
+        self.counters["resumed"] += 1
+        resumed = self._with_token(events.session_created(dict(self._session_object)))
+        resumed["session"]["seetalk"]["resumed"] = True  # same id, conversation, settings
+        self._local(resumed)
+        log.info("realtime %s resumed", self.id)
+        return True
+
+    def _with_token(self, created: dict[str, Any]) -> dict[str, Any]:
+        """``session.created`` with a new single-use resume token (``seetalk.resume_token``)."""
+        if self.resumes is not None:
+            token = self.resumes.issue(self, self.bound_to)
+            session = created["session"]
+            session["seetalk"] = dict(
+                session.get("seetalk") or {},
+                resume_token=token,
+                resume_window_s=self.resumes.window_s,
+            )
+        return created
 
     async def close(self, reason: str = "closed", code: int = 1000) -> None:
         """Ask the connection to end and wait until it has. Idempotent."""
@@ -203,6 +275,11 @@ class RealtimeConnection:
             # not ours: a session task's cancellation leaked out of aclose (a session bug)
             log.error("realtime %s: session.aclose raised CancelledError", self.id)
         finally:
+            if self.resumes is not None:
+                self.resumes.forget(self)
+            self.handover.release()
+            if self._socket_done is not None:
+                self._socket_done.set()
             self._done.set()
             for callback in self.on_closed:
                 try:
@@ -231,7 +308,10 @@ class RealtimeConnection:
                 message = {"type": "websocket.disconnect"}
             if message["type"] == "websocket.disconnect":
                 self._disconnected = True
-                self.close_reason = self.close_reason or "client_closed"
+                # a close frame (any code) ends the session; a dropped connection (1006:
+                # none came, the network went away) may be resumed
+                dropped = message.get("code", 1000) == 1006
+                self.close_reason = self.close_reason or ("dropped" if dropped else "client_closed")
                 raise _Closed
             raw = message.get("text")
             if raw is None:
@@ -372,6 +452,9 @@ class RealtimeConnection:
         before: list[dict[str, Any]] = []
         if kind in ("session.created", "session.updated"):
             event["session"] = dict(event.get("session") or {}, model=self.model)
+            self._session_object = event["session"]
+            if kind == "session.created":
+                self._with_token(event)
         elif kind == "response.output_audio.done":
             _remember(self._audio_done, str(event.get("response_id")), None, FINISHED_RESPONSES)
         elif kind == "response.output_audio_transcript.done":
@@ -394,7 +477,10 @@ class RealtimeConnection:
             await self.ws.send_text(json.dumps(event))
         except (WebSocketDisconnect, RuntimeError, OSError):
             self._disconnected = True
-            self.close_reason = self.close_reason or "client_closed"
+            # the receive side says how it closed (a close frame or a drop); if it does not
+            # within a second, the connection is taken as dropped (resumable)
+            await asyncio.sleep(1.0)
+            self.close_reason = self.close_reason or "dropped"
             raise _Closed from None
         self.counters["events_out"] += 1
 
@@ -426,11 +512,50 @@ def credentials(ws: WebSocket) -> tuple[str | None, str | None]:
     return credential, (SUBPROTOCOL if SUBPROTOCOL in offered else None)
 
 
-async def _deny(ws: WebSocket, status: int, code: str, message: str, type_: str) -> None:
+async def _resume(
+    ws: WebSocket,
+    resumes: ResumeRegistry[RealtimeConnection],
+    token: str,
+    credential: str | None,
+    subprotocol: str | None,
+    auth: Any,
+    clock: Callable[[], float],
+) -> None:
+    """Hand the session of ``token`` to this socket and serve it until it ends. Refused
+    before the upgrade: 401 (credential), 404 (unknown or used token), 410 (expired), 403
+    (a credential other than the one that opened the session)."""
+    now = clock()
+    try:
+        grant = auth.verify(credential, now)
+        bound = binding(credential, is_token=grant.nonce is not None)
+        conn = resumes.claim(token, bound, now)
+        auth.spend(grant, now)
+    except Unauthorized as exc:
+        await _deny(ws, 401, exc.code, exc.message, exc.type)
+        return
+    except ResumeRefused as exc:
+        await _deny(ws, exc.status, exc.code, exc.message, "invalid_request_error")
+        return
+    await ws.accept(subprotocol=subprotocol)
+    done = conn.handover.offer(ws)
+    conn.take_over()
+    await done.wait()  # the session's own task serves this socket meanwhile
+
+
+async def _deny(
+    ws: WebSocket,
+    status: int,
+    code: str,
+    message: str,
+    type_: str,
+    retry_after: int | None = None,
+) -> None:
     """Refuse the handshake with an HTTP ``status`` and a JSON error body (or, where the
-    server cannot send one, close the socket with 1008 or 1013)."""
+    server cannot send one, close the socket with 1008 or 1013: 1013 is "try again later")."""
     body = {"error": {"type": type_, "code": code, "message": message}}
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if retry_after is not None:
+        headers = {"Retry-After": str(retry_after)}
     try:
         await ws.send_denial_response(JSONResponse(body, status_code=status, headers=headers))
     except RuntimeError:  # the server lacks the denial-response extension
@@ -443,14 +568,21 @@ def add_realtime_routes(
     path: str = PATH,
     limits: RealtimeLimits | None = None,
     settings: SessionSettings | None = None,
+    resume_window_s: float = 60.0,
 ) -> None:
     """Add the WebSocket route to an app of :func:`server.app.create_app`.
+
+    A dropped socket's session waits ``resume_window_s`` for its client: ``session.created``
+    carries ``seetalk.resume_token``; a socket opened with ``?resume=<token>`` and the same
+    credential gets the session back (:func:`_resume`).
 
     Uses ``app.state.seetalk``: its origin policy, and its admission (credential, readiness,
     ``max_sessions`` shared with WebRTC, the session table, metrics), so WebSocket sessions
     are admitted, listed, ended and shut down exactly as WebRTC ones are.
     """
     from server.admission import Refused  # here: the import block above is the connection's
+
+    resumes: ResumeRegistry[RealtimeConnection] = ResumeRegistry(resume_window_s)
 
     @app.websocket(path)
     async def realtime(ws: WebSocket) -> None:
@@ -467,10 +599,15 @@ def add_realtime_routes(
             await _deny(ws, 403, "forbidden_origin", why, "invalid_request_error")
             return
         credential, subprotocol = credentials(ws)
+        auth = state.admission.auth
+        token = ws.query_params.get("resume")
+        if token is not None:  # a dropped session's client is back (conversation/resume.py)
+            await _resume(ws, resumes, token, credential, subprotocol, auth, state.clock)
+            return
         try:
             slot = state.admission.reserve(credential)
         except Refused as exc:
-            await _deny(ws, exc.status, exc.code, exc.message, exc.type)
+            await _deny(ws, exc.status, exc.code, exc.message, exc.type, exc.retry_after)
             return
         async with slot:
             base = settings or SessionSettings()
@@ -488,6 +625,10 @@ def add_realtime_routes(
                 limits=lim,
                 metrics=state.metrics,
                 clock=state.clock,
+            )
+            conn.resumes = resumes
+            conn.bound_to = binding(
+                credential, is_token=credential is not None and not auth.is_api_key(credential)
             )
             slot.admit(conn)
         log.info("realtime %s open (model=%s)", conn.id, conn.model)

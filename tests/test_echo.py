@@ -3,9 +3,12 @@ synthetic signals and a scripted timeline (no models), and the ``echo`` setting'
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
+from conversation.protocol import SessionUpdate, parse_client_event
 from voice.echo import (
     BLOCK,
     RATE,
@@ -88,13 +91,20 @@ def test_estimate_path_is_none_on_silence_and_low_for_unrelated_audio():
 
 def test_path_tracker_follows_drift_and_ignores_one_odd_window():
     tracker = PathTracker()
-    assert tracker.update(EchoPath(2400, 0.5, 0.1)) is None  # too weak to be an echo path
-    assert tracker.update(EchoPath(2400, 0.5, 0.9)).delay == 2400
-    assert tracker.update(EchoPath(2440, 0.5, 0.9)).delay == 2440  # drift: followed
-    assert tracker.update(EchoPath(6000, 0.5, 0.4)).delay == 2440  # one odd window: not
-    assert tracker.update(EchoPath(2450, 0.5, 0.9)).delay == 2450
-    assert tracker.update(EchoPath(6400, 0.5, 0.9)).delay == 2450
-    assert tracker.update(EchoPath(6410, 0.5, 0.9)).delay == 6410  # two agree: moved
+
+    def delay(rho: float, d: int) -> int | None:
+        path = tracker.update(EchoPath(d, 0.5, rho))
+        return None if path is None else path.delay
+
+    assert delay(0.1, 2400) is None  # too weak to be an echo path
+    assert delay(0.9, 3000) is None  # a first path needs two windows that agree
+    assert delay(0.9, 2400) is None
+    assert delay(0.9, 2410) == 2410
+    assert delay(0.9, 2440) == 2440  # drift: followed
+    assert delay(0.4, 6000) == 2440  # one odd window: not
+    assert delay(0.9, 2450) == 2450
+    assert delay(0.9, 6400) == 2450
+    assert delay(0.9, 6410) == 6410  # two agree: moved
     tracker.reset()
     assert tracker.path is None
 
@@ -258,13 +268,12 @@ def test_echo_spec_parses_the_flag():
 # --- the setting ------------------------------------------------------------------------
 
 
-def _update(session: dict) -> object:
-    import json
-
-    from conversation.protocol import parse_client_event
-
-    event = {"type": "session.update", "session": session}
-    return parse_client_event(json.dumps(event), max_bytes=1 << 20)
+def _update(session: dict) -> SessionUpdate:
+    event = parse_client_event(
+        json.dumps({"type": "session.update", "session": session}), max_bytes=1 << 20
+    )
+    assert isinstance(event, SessionUpdate)
+    return event
 
 
 def test_echo_setting_from_the_protocol_and_in_the_session_object():
@@ -298,3 +307,16 @@ def test_a_client_without_echo_is_found_echo_free_and_not_gated():
     _, blocks, ec = cancel(far, near)
     loud = [b for b in blocks if np.mean(near[b.start : b.start + BLOCK] ** 2) > 1e-4]
     assert np.mean([b.residual >= 0.5 for b in loud]) > 0.9
+
+
+def test_paced_playout_through_a_resampler_is_one_stream():
+    """48 kHz frames pulled every 20 ms come out of the resampler in bursts; the reference
+    stays one continuous stream, so the path is exact."""
+    far48 = np.repeat(speechlike(4.0, seed=12), 3)
+    speaker, ec = Loudspeaker(EchoSpec(50, 0.3), RATE), EchoCanceller()
+    for k in range(far48.size // 960):
+        ec.process(speaker.hear(320))
+        chunk = (far48[k * 960 : (k + 1) * 960] * 32767).astype(np.int16)
+        ec.play(chunk, 48_000, ec.pos)
+        speaker.play(chunk, 48_000)
+    assert ec.path is not None and abs(ec.path.delay_ms - 50) <= 1 and ec.path.rho > 0.8

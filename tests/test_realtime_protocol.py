@@ -318,8 +318,8 @@ BAD = [
     ('{"type": "conversation.item.delete", "item_id": ["x"]}', "invalid_type", "item_id"),
     (
         '{"type": "conversation.item.create", "item": {"type": "function_call"}}',
-        "unsupported",
-        "item.type",
+        "missing_required_parameter",
+        "item.call_id",
     ),
     (
         '{"type": "conversation.item.create", "item": {"type": "message", "role": "user", '
@@ -364,14 +364,15 @@ BAD = [
         "session.audio.input.turn_detection.silence_duration_ms",
     ),
     (
-        '{"type": "session.update", "session": {"type": "transcription"}}',
+        '{"type": "session.update", "session": {"truncation": {"type": "retention_ratio", '
+        '"retention_ratio": 0.5, "token_limits": {"post_instructions": 100}}}}',
         "unsupported",
-        "session.type",
+        "session.truncation.token_limits",
     ),
     (
         '{"type": "session.update", "session": {"type": "realtime", "tools": [{"type": "function"}]}}',
-        "unsupported",
-        "session.tools",
+        "missing_required_parameter",
+        "session.tools[0].name",
     ),
     (
         '{"type": "session.update", "session": {"type": "bogus"}}',
@@ -380,8 +381,8 @@ BAD = [
     ),
     (
         '{"type": "session.update", "session": {"audio": {"input": {"turn_detection": '
-        '{"type": "server_vad", "create_response": false}}}}}',
-        "unsupported",
+        '{"type": "server_vad", "create_response": 0}}}}}',
+        "invalid_type",
         "session.audio.input.turn_detection.create_response",
     ),
     *[
@@ -544,7 +545,7 @@ server_vad = st.fixed_dictionaries(
         "threshold": st.floats(0.01, 0.99),
         "prefix_padding_ms": st.integers(0, 10_000),
         "silence_duration_ms": st.integers(0, 10_000),
-        "create_response": st.just(True),  # false is refused: seetalk answers every turn
+        "create_response": st.booleans(),
         "interrupt_response": st.booleans(),
     },
 )

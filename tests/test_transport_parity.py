@@ -230,7 +230,8 @@ async def test_the_same_rate_limits(realtime_server, seetalk_server, engine, web
         send, next_event, close = await opened
         try:
             async with asyncio.timeout(30):
-                while (await next_event())["type"] != "session.created":
+                # session.created, conversation.created, then rate_limits.updated
+                while (await next_event())["type"] != "rate_limits.updated":
                     pass
                 for raw in events:
                     await send(raw)

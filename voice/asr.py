@@ -25,7 +25,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from seetalk.errors import BadAudio, ModelNotFound
+from seetalk.errors import BadAudio, ModelNotFound, Skipped
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +201,7 @@ class _Job:
     audio_t: float  # loop time at which the last covered sample arrived
     future: asyncio.Future[str]
     discarded: bool = False
+    call: concurrent.futures.Future[str] | None = None  # the executor's side
 
 
 @dataclass
@@ -215,6 +216,8 @@ class StreamingRecognizer:
     """Partial and final transcripts of one speaker, one utterance at a time.
 
     At most one model call is in flight per model (a partial due while one runs is skipped).
+    The executors may be scheduler lanes (``models/scheduler.py``): partials as skippable
+    background work, finals as must-run work that goes first.
     With a separate ``partial_transcriber`` (a smaller, faster model in its own executor),
     partials and the final pass each have their own lane, so the final starts at the first
     silence instead of waiting for a partial to end; otherwise they share one lane. Partials
@@ -316,10 +319,15 @@ class StreamingRecognizer:
         self._last_append_t = asyncio.get_running_loop().time()
 
     def pause(self) -> None:
-        """First silence: start the final pass speculatively on the audio so far."""
+        """First silence: start the final pass speculatively on the audio so far. A partial
+        still queued is dropped (a running one finishes): the final pass covers the same
+        words and needs the cores."""
         if not self._active:
             return
         self._paused = True
+        partial = self._jobs["partial"]
+        if partial is not None and partial.call is not None:
+            partial.call.cancel()  # only if it has not started (a running one finishes)
         if self._spec is not None and self._spec.samples == self._samples:
             return
         if self._free("final"):
@@ -353,6 +361,11 @@ class StreamingRecognizer:
             self._spec.discarded = True
             self._spec = None
         self._want_spec = False
+
+    def speech_audio(self) -> np.ndarray:
+        """The open utterance's speech so far (without the silence held aside while
+        paused): what an end-of-turn model hears."""
+        return self._audio().copy()
 
     async def finalize(self) -> str:
         """The final transcript of the whole utterance; ends it (partials stop).
@@ -426,8 +439,9 @@ class StreamingRecognizer:
             fn, executor = self.transcriber.transcribe, self.executor
         else:
             fn, executor = self.partial_transcriber.transcribe_partial, self.partial_executor
-        future = loop.run_in_executor(executor, _call, fn, audio, self.prompt)
-        job = _Job(kind, self._utterance, audio.size, self._last_append_t, future)
+        call = executor.submit(_call, fn, audio, self.prompt)
+        future = asyncio.wrap_future(call, loop=loop)
+        job = _Job(kind, self._utterance, audio.size, self._last_append_t, future, call=call)
         self._jobs[kind] = job
         self.stats.inferences += 1
         future.add_done_callback(lambda f: self._done(job))
@@ -438,7 +452,9 @@ class StreamingRecognizer:
         fut = job.future
         if job.kind == "partial" and not fut.cancelled():
             exc = fut.exception()
-            if exc is not None:
+            if isinstance(exc, Skipped):
+                log.debug("partial skipped: %s", exc)  # its role was behind
+            elif exc is not None:
                 log.warning("partial transcription failed: %s", exc)
             elif job.utterance == self._utterance and self._active:
                 self.stats.partials += 1

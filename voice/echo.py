@@ -2,7 +2,8 @@
 
 A loudspeaker next to the microphone sends every reply back into the input, some
 50-500 ms later, quieter and with the room's reverberation. The session knows each sample it
-played and when, so it cancels that echo before voice activity detection and recognition:
+played and when, so it removes that echo before recognition, and tells voice activity that
+the reply explains (:mod:`voice.echo_gate`) from a person talking:
 
 - :class:`FarEnd` holds the played samples (16 kHz) on the *microphone* timeline, a bounded
   ring: a sample played when the microphone had delivered ``n`` samples sits at index ``n``.
@@ -39,10 +40,12 @@ HISTORY_S = MAX_DELAY_S + WINDOW_S + 0.2  # played audio kept behind the microph
 AHEAD_S = 30.0  # played audio accepted ahead of the microphone (push transports); more is dropped
 AEC3_REACH_S = 0.45  # residual delay AEC3 finds by itself (measured: up to ~0.5 s)
 MIN_RHO = 0.25  # correlation that counts as an echo path
-ECHO_FREE_AFTER = 4  # windows of the reply playing without an echo found: no echo (1 s)
+HEARD_SHARE = 0.01  # a microphone 20 dB below the reply heard nothing of it
+MIN_PLAYED_BLOCKS = 40  # an estimate needs 400 ms of the reply in its window
+ECHO_FREE_AFTER = 4  # windows of the reply playing, the microphone silent: no echo (1 s)
 FORGET_AFTER = 12  # windows in a row without the echo found: forget the path (3 s)
 QUIET = 1e-7  # block energy (mean square) below which a block is silence (-70 dBFS)
-SLACK = 800  # paced playout within 50 ms of where the played stream ends continues it
+SLACK = 4000  # paced playout within 250 ms of where the played stream ends continues it
 TAIL = 4000  # samples of reverberation counted after the direct path (250 ms)
 EXPLAIN_MARGIN = 1.5  # energy the reply may explain: 1.5 times the expected echo
 
@@ -184,30 +187,39 @@ class FarEnd:
 class PathTracker:
     """Follows the echo path from successive :class:`EchoPath` estimates (pure).
 
-    A first estimate is taken when its correlation is at least ``min_rho``; later ones move
-    the delay when two in a row agree (within 5 ms), so one odd window (double talk) does not
-    move it, and slow drift is followed. The gain is smoothed. Windows in which the reply
-    played but no echo was found count towards :attr:`echo_free`, and enough of them in a
-    row forget the path."""
+    A first path is taken when two estimates in a row agree (within 5 ms) with a correlation
+    of at least ``min_rho``; later ones move the delay when two in a row agree, so one odd
+    window (double talk) does not move it, and slow drift is followed. The gain is smoothed.
+    Windows in which the reply played and the microphone stayed nearly silent count towards
+    :attr:`echo_free`; :data:`FORGET_AFTER` windows in a row without the echo forget the
+    path (a headset plugged in, a speaker muted)."""
 
     def __init__(self, min_rho: float = MIN_RHO) -> None:
         self.min_rho = min_rho
         self.path: EchoPath | None = None
         self._candidate: EchoPath | None = None
         self.misses = 0  # estimates in a row, with the reply playing, that found no path
+        self.silent = 0  # ... in which the microphone was nearly silent too
 
-    def update(self, est: EchoPath | None) -> EchoPath | None:
-        """The next window's estimate (``None``: nothing played or heard in it)."""
+    def update(self, est: EchoPath | None, *, heard: bool = True) -> EchoPath | None:
+        """The next window's estimate (``None``: nothing played in it). ``heard``: the
+        microphone held more than a trace of the reply's energy."""
         if est is None:
             return self.path
         if est.rho < self.min_rho:
             self.misses += 1
-            if self.misses >= FORGET_AFTER:  # the echo went away (a headset, a muted speaker)
+            self.silent += 0 if heard else 1
+            if self.misses >= FORGET_AFTER:
                 self.path = self._candidate = None
             return self.path
-        self.misses = 0
+        self.misses = self.silent = 0
         tol = RATE * 5 // 1000
         cur = self.path
+        if cur is None and (
+            self._candidate is None or abs(est.delay - self._candidate.delay) > tol
+        ):
+            self._candidate = est  # a first path needs two windows that agree
+            return None
         if cur is None or abs(est.delay - cur.delay) <= tol:
             self._candidate = None
             gain = est.gain if cur is None else 0.7 * cur.gain + 0.3 * est.gain
@@ -221,12 +233,13 @@ class PathTracker:
 
     @property
     def echo_free(self) -> bool:
-        """The reply has played for a while and no echo of it was found."""
-        return self.path is None and self.misses >= ECHO_FREE_AFTER
+        """The reply has played for a while, the microphone stayed nearly silent and no
+        echo was found."""
+        return self.path is None and self.silent >= ECHO_FREE_AFTER
 
     def reset(self) -> None:
         self.path = self._candidate = None
-        self.misses = 0
+        self.misses = self.silent = 0
 
 
 def _aec3(rate: int) -> Any:
@@ -249,7 +262,8 @@ class EchoCanceller:
         self.max_delay = int(max_delay_s * RATE)
         self.window = int(WINDOW_S * RATE)
         self._lock = threading.Lock()
-        self.far = FarEnd(self.max_delay + self.window + int(0.2 * RATE), int(AHEAD_S * RATE))
+        history = max(int(HISTORY_S * RATE), self.max_delay + self.window + TAIL)
+        self.far = FarEnd(history, int(AHEAD_S * RATE))
         self.tracker = PathTracker()
         self._make_backend = backend if backend is not None else _aec3
         self._aec = self._make_backend(RATE)
@@ -261,7 +275,7 @@ class EchoCanceller:
         self.align = 0  # the played signal handed to AEC3 is shifted by this many samples
         self._next_estimate = 0
         self._far_end = 0  # where queued (push) playout ends
-        self.noise = QUIET  # the output's noise floor (block energy), tracked
+        self.noise = QUIET  # the microphone's noise floor (block energy), tracked
 
     # --- the played side (any thread) ------------------------------------------------------
 
@@ -328,6 +342,8 @@ class EchoCanceller:
         e_far = np.mean(reach.reshape(-1, BLOCK).astype(np.float64) ** 2, axis=1)[::-1]
         playing = float(np.max(e_far[: (self.max_delay + TAIL) // BLOCK])) >= QUIET
         clean = np.asarray(self._aec.process(mic.copy(), far), dtype=np.float32).reshape(-1)
+        if self.tracker.echo_free:
+            clean = mic  # no echo to remove: AEC3's suppressor would only mute the person
         self.pos += BLOCK
         self._remember(mic)
         if self.pos >= self._next_estimate:
@@ -367,10 +383,15 @@ class EchoCanceller:
         mic = np.concatenate(list(self._mic))
         with self._lock:
             far = self.far.read(self.pos - mic.size - self.max_delay, mic.size + self.max_delay)
+        blocks = far[: far.size // BLOCK * BLOCK].reshape(-1, BLOCK)
+        if int(np.sum(np.mean(blocks**2, axis=1) >= QUIET)) < MIN_PLAYED_BLOCKS:
+            return  # too little of the reply in the window to find its echo
         est = estimate_path(far, mic, max_delay=self.max_delay)
-        if est is None and float(np.mean(far**2)) >= QUIET:
+        e_far = float(np.mean(far**2))
+        if est is None and e_far >= QUIET:
             est = EchoPath(0, 0.0, 0.0)  # the reply played and the microphone heard nothing
-        path = self.tracker.update(est)
+        heard = float(np.mean(mic**2)) > HEARD_SHARE * e_far
+        path = self.tracker.update(est, heard=heard)
         if path is None:
             return
         # AEC3 searches about half a second itself: shift only when the echo is beyond its

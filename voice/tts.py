@@ -79,18 +79,24 @@ class Synthesizer:
         """Mono float32 at :attr:`sample_rate`, all sentences of ``text`` joined."""
         return self.synthesize_timed(text)[0]
 
-    def synthesize_timed(self, text: str) -> tuple[np.ndarray, list[int] | None]:
+    def synthesize_timed(
+        self, text: str, *, speed: float = 1.0
+    ) -> tuple[np.ndarray, list[int] | None]:
         """Like :meth:`synthesize`, with the sample at which each spoken word ends, from
         piper's phoneme alignments; ``None`` when the voice model does not report them
-        (see :func:`models.registry.aligned_voice`)."""
+        (see :func:`models.registry.aligned_voice`). ``speed`` (0.25-1.5, the protocol's
+        ``audio.output.speed``) divides the voice's length scale: 0.5 is half as fast."""
         parts: list[np.ndarray] = []
         ends: list[int] | None = []
         offset = 0
         syn_config = None
-        if not self.variation:
+        if not self.variation or speed != 1.0:
             from piper.config import SynthesisConfig
 
-            syn_config = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+            base = float(self._config.get("inference", {}).get("length_scale", 1.0))
+            syn_config = SynthesisConfig(length_scale=base / speed)
+            if not self.variation:
+                syn_config.noise_scale, syn_config.noise_w_scale = 0.0, 0.0
         for chunk in self.load().synthesize(text, syn_config, include_alignments=True):
             audio = chunk.audio_float_array
             alignments = chunk.phoneme_alignments

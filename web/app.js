@@ -144,7 +144,12 @@ async function connect() {
     pc.ontrack = (e) => { if (e.track.kind === "audio") playRemote(e.streams[0] || new MediaStream([e.track])); };
     pc.onconnectionstatechange = onConnectionState;
     dc = pc.createDataChannel("oai-events");
-    dc.onopen = () => { st.connected = true; setState("listening"); enableControls(true); };
+    dc.onopen = () => {
+      st.connected = true; setState("listening"); enableControls(true);
+      // The browser cancels the echo of what it plays: the server need not (docs/echo.md).
+      const mic = localStream?.getAudioTracks()[0]?.getSettings?.() || {};
+      if (mic.echoCancellation === true) send({ type: "session.update", session: { seetalk: { echo: "off" } } });
+    };
     dc.onclose = () => { if (st.connected) lost("The event channel closed."); };
     dc.onmessage = (m) => { try { onEvent(JSON.parse(m.data)); } catch (e) { console.error(e); } };
 

@@ -1,0 +1,56 @@
+"""Function calls and their outputs as history items: their protocol shape and what the
+model sees of them. :mod:`conversation.history` calls these for items whose ``kind`` is
+``function_call`` or ``function_call_output`` (pure; no I/O)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llm.backend import ChatMessage, ToolCall
+
+CALL = "function_call"
+OUTPUT = "function_call_output"
+
+
+def event_item(
+    kind: str, item_id: str, call_id: str, name: str, arguments: str, output: str, status: str
+) -> dict[str, Any]:
+    """The item as the protocol shows it (``conversation.item.*``, ``response.output``)."""
+    if kind == CALL:
+        return {
+            "id": item_id,
+            "object": "realtime.item",
+            "type": CALL,
+            "status": status,
+            "call_id": call_id,
+            "name": name,
+            "arguments": arguments,
+        }
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": OUTPUT,
+        "call_id": call_id,
+        "output": output,
+    }
+
+
+def append_message(
+    out: list[ChatMessage], kind: str, call_id: str, name: str, arguments: str, output: str
+) -> None:
+    """Add a call or an output to the chat the model sees. Calls in a row become one
+    assistant message (parallel calls); an output whose call is not in the chat (cut off by
+    ``history_turns``) becomes a user line, never an orphan ``tool`` message."""
+    if kind == CALL:
+        call = ToolCall(call_id, name, arguments)
+        last = out[-1] if out else None
+        if last is not None and last.role == "assistant" and last.tool_calls:
+            out[-1] = ChatMessage("assistant", last.text, tool_calls=(*last.tool_calls, call))
+        else:
+            out.append(ChatMessage("assistant", "", tool_calls=(call,)))
+        return
+    known = any(c.call_id == call_id for m in out for c in m.tool_calls)
+    if known:
+        out.append(ChatMessage("tool", output, tool_call_id=call_id))
+    else:
+        out.append(ChatMessage("user", f"Result of {name or 'a tool'}: {output}"))
