@@ -135,7 +135,10 @@ class Driver:
             seen = len(self.log)
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"no {type_} within {within} s")
+                recent = [
+                    f"{t - since:+.2f} {e.type}" for t, e in self.log[-40:] if e.type != type_
+                ]
+                raise TimeoutError(f"no {type_} within {within} s; last events: {recent}")
             self._new.clear()
             try:
                 await asyncio.wait_for(self._new.wait(), left)

@@ -91,9 +91,10 @@ class SessionEcho:
 
     def filter(self, transitions: list[VadTransition]) -> list[VadTransition]:
         """Voice activity of the same audio -> what the turn-taker should hear."""
-        if self.canceller is None:
+        canceller = self.canceller
+        if canceller is None:
             return transitions
-        return self.gate.filter(transitions)
+        return self.gate.filter(transitions, echo_known=canceller.path is not None)
 
     @property
     def suppressed(self) -> int:

@@ -60,7 +60,8 @@ INPUT_QUEUE_S = 60.0
 INPUT_BATCH_S = 1.0
 EVENT_QUEUE_MAX = 2000  # overflow policy: drop the oldest event
 NOT_UNDERSTOOD = "Sorry, I didn't catch that. Could you say it again?"
-RECENT_S = 2.0  # audio kept before an utterance starts (prefix padding comes from it)
+RECENT_S = 6.0  # audio kept before an utterance starts: prefix padding, and speech the echo
+# gate held back (voice/echo_gate.py) that turns out to be the person's
 
 
 class EventQueue:

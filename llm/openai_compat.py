@@ -28,33 +28,9 @@ import httpx
 from llm.backend import ChatMessage, GenerationSettings, has_images, openai_messages
 from llm.tools import ToolCallDelta, ToolUse, openai_tool_fields, tool_call_deltas
 from seetalk.errors import BackendError, BackendTimeout, ImagesRejected
+from seetalk.openai_http import error_message, normalize_base_url
 
 _IMAGE_WORDS = ("image", "multimodal", "multi-modal", "vision", "mmproj")
-_MAX_ERROR_BODY = 64 * 1024
-
-
-def _normalize_base_url(base_url: str) -> str:
-    """``http://host:8000`` -> ``http://host:8000/v1``; a URL with a path is kept as given."""
-    base = base_url.rstrip("/")
-    if urlsplit(base).path == "":
-        base += "/v1"
-    return base
-
-
-def _error_message(body: bytes) -> str:
-    """The server's own words from an error body (OpenAI, FastAPI or plain text)."""
-    text = body[:_MAX_ERROR_BODY].decode("utf-8", "replace").strip()
-    try:
-        obj = json.loads(text)
-    except ValueError:
-        return text[:500] or "(empty body)"
-    if isinstance(obj, dict):
-        err = obj.get("error", obj.get("detail", obj.get("message")))
-        if isinstance(err, dict):
-            err = err.get("message", err)
-        if err is not None:
-            return err if isinstance(err, str) else json.dumps(err)[:500]
-    return text[:500]
 
 
 def _mentions_images(message: str) -> bool:
@@ -99,7 +75,7 @@ class OpenAIChatBackend:
         model: str = "default",
         timeout_s: float = 20.0,
     ) -> None:
-        self.base_url = _normalize_base_url(base_url)
+        self.base_url = normalize_base_url(base_url)
         self.model = model
         self.timeout_s = timeout_s
         self.name = f"openai:{model}@{urlsplit(self.base_url).netloc}"
@@ -259,7 +235,7 @@ class OpenAIChatBackend:
         return obj
 
     def _http_error(self, status: int | None, raw: bytes, images: bool) -> BackendError:
-        message = _error_message(raw)
+        message = error_message(raw)
         client_error = status is None or 400 <= status < 500
         if images and client_error and (status == 400 or _mentions_images(message)):
             return ImagesRejected(f"{self.name} refused the images: {message}")

@@ -214,6 +214,19 @@ def test_gate_drops_speech_that_only_the_reply_explains():
     assert gate.suppressed == 1 and not gate.holding
 
 
+def test_gate_keeps_held_speech_while_the_echo_path_is_unknown():
+    """Before any echo was found, speech held back as possibly the reply's is passed on
+    whole when it ends: it became a turn, late, rather than being lost."""
+    gate = EchoGate()
+    gate.blocks(blocks_from(0.0, 1.0, 0.02, playing=True))
+    assert gate.filter([tr("speech_start", 0.5)], echo_known=False) == []
+    gate.blocks(blocks_from(1.0, 1.5, 0.05, playing=True))
+    out = gate.filter([tr("speech_end", 1.2)], echo_known=False)
+    assert [t.kind for t in out] == ["speech_start", "speech_end"]
+    assert out[0].sample == tr("speech_start", 0.5).sample
+    assert gate.suppressed == 0 and not gate.holding
+
+
 def test_gate_passes_the_person_over_the_echo_at_their_onset():
     gate = EchoGate()
     gate.blocks(blocks_from(0.0, 1.0, 0.02, playing=True))

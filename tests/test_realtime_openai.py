@@ -36,8 +36,15 @@ async def test_openai_client_spoken_conversation_and_barge_in(
     async with client.realtime.connect(model="seetalk") as conn, bench.Driver(conn) as d:
         _, created = await d.wait_for("session.created", 10)
         assert created.session.audio.input.format.type == "audio/pcm"
+        # This client plays nothing (no loudspeaker, no echo): it says so, as such a client
+        # should (docs/echo.md); with "auto", speech during the first reply's playback waits
+        # until the canceller knows whether an echo comes back.
         await conn.session.update(
-            session={"type": "realtime", "instructions": "Answer in one short sentence."}
+            session={
+                "type": "realtime",
+                "instructions": "Answer in one short sentence.",
+                "seetalk": {"echo": "off"},
+            }
         )
         await d.wait_for("session.updated", 10)
 

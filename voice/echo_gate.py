@@ -62,9 +62,13 @@ class EchoGate:
         """The canceller's block reports, in order."""
         self._blocks.extend(reports)
 
-    def filter(self, transitions: Iterable[VadTransition]) -> list[VadTransition]:
+    def filter(
+        self, transitions: Iterable[VadTransition], *, echo_known: bool = True
+    ) -> list[VadTransition]:
         """Transitions of the latest audio -> those the turn-taker should see. Call after
-        :meth:`blocks` has the reports of the same audio."""
+        :meth:`blocks` has the reports of the same audio. ``echo_known``: the canceller has
+        found the echo path. Until it has, speech held back as possible echo is not lost:
+        when it ends it is passed on whole (late), since nothing showed it was the reply's."""
         out: list[VadTransition] = []
         for tr in transitions:
             if tr.kind == "speech_start":
@@ -72,6 +76,9 @@ class EchoGate:
                 self._check(out)
             else:
                 if self._passed:
+                    out.append(tr)
+                elif self._vad and not echo_known:
+                    out.append(VadTransition("speech_start", self._onset // FRAME, self._onset))
                     out.append(tr)
                 elif self._vad:
                     self.suppressed += 1

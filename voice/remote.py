@@ -35,45 +35,20 @@ import wave
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 
 from seetalk.errors import BadAudio, SpeechBackendError, SpeechBackendTimeout
+from seetalk.openai_http import error_message, normalize_base_url
 from voice.asr import MIN_AUDIO_S, PARTIAL_WINDOW_S, SAMPLE_RATE, split_windows
 from voice.audio import float_to_s16
 
 log = logging.getLogger(__name__)
 
 SPEECH_RATE = 24_000  # the OpenAI speech API's "pcm": 24 kHz mono s16le
-_MAX_ERROR_BODY = 64 * 1024
 _RETRYABLE = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 _ROLE_NAMES = {"asr": "speech recognition server", "tts": "speech synthesis server"}
-
-
-def normalize_base_url(base_url: str) -> str:
-    """``http://host:8000`` -> ``http://host:8000/v1``; a URL with a path is kept as given."""
-    base = base_url.rstrip("/")
-    if urlsplit(base).path == "":
-        base += "/v1"
-    return base
-
-
-def error_message(body: bytes) -> str:
-    """The server's own words from an error body (OpenAI, FastAPI or plain text)."""
-    text = body[:_MAX_ERROR_BODY].decode("utf-8", "replace").strip()
-    try:
-        obj = json.loads(text)
-    except ValueError:
-        return text[:500] or "(empty body)"
-    if isinstance(obj, dict):
-        err = obj.get("error", obj.get("detail", obj.get("message")))
-        if isinstance(err, dict):
-            err = err.get("message", err)
-        if err is not None:
-            return err if isinstance(err, str) else json.dumps(err)[:500]
-    return text[:500]
 
 
 def wav_bytes(audio16k: np.ndarray) -> bytes:
