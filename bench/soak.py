@@ -78,16 +78,8 @@ def _mallinfo() -> dict[str, float]:
     }
 
 
-async def _child(
-    port: int, stats: Path, replay: bool, max_sessions: int, shared_vad: bool = False
-) -> None:
+async def _child(port: int, stats: Path, replay: bool, max_sessions: int) -> None:
     import uvicorn
-
-    if shared_vad:  # the comparison run: one VAD model for every session (voice/vad_model.py)
-        import conversation.session
-        from voice.vad_model import SharedSileroVad
-
-        conversation.session.SileroVad = SharedSileroVad  # type: ignore[misc]
 
     from seetalk.config import ServerConfig
     from server.app import create_app
@@ -247,7 +239,6 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], int
     cmd = [sys.executable, __file__, "--child", str(port), str(workdir / "stats.json")]
     cmd += ["--max-sessions", str(args.concurrency + args.long + 4)]
     cmd += ["--replay"] if args.replay else []
-    cmd += ["--shared-vad"] if args.shared_vad else []
     with (workdir / "server.log").open("wb") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     return proc, port, workdir
@@ -303,7 +294,6 @@ async def run(
     return {
         "engine": "replay" if args.replay else "default models",
         "malloc_arena_max": args.malloc_arena_max or None,
-        "shared_vad": args.shared_vad,
         "sessions": done,
         "long_sessions": args.long,
         "long_appends": appended[0],
@@ -336,8 +326,7 @@ def print_table(report: dict[str, Any]) -> None:
         print("  ".join(cells), r.get("phase", ""))
     print(
         f"{report['engine']}: {report['sessions']} sessions in {report['seconds']} s, "
-        f"{report['error_count']} errors, MALLOC_ARENA_MAX={report['malloc_arena_max']}, "
-        f"shared VAD: {report['shared_vad']}"
+        f"{report['error_count']} errors, MALLOC_ARENA_MAX={report['malloc_arena_max']}"
     )
     print("growth baseline -> end:", report["growth"])
     print("slope per 100 sessions (second half):", report["slope_per_100_sessions"])
@@ -358,16 +347,11 @@ def main() -> int:
     p.add_argument("--sample-every", type=int, default=10, help="steps between samples")
     p.add_argument("--max-seconds", type=float, default=240.0)
     p.add_argument("--malloc-arena-max", type=int, default=0, help="MALLOC_ARENA_MAX for it")
-    p.add_argument(
-        "--shared-vad",
-        action="store_true",
-        help="patch the server to share one VAD model (voice/vad_model.py) for comparison",
-    )
     p.add_argument("--json", default=str(ROOT / "bench" / "results" / "soak.json"))
     args = p.parse_args()
     if args.child:
         port, stats = int(args.child[0]), Path(args.child[1])
-        asyncio.run(_child(port, stats, args.replay, args.max_sessions, args.shared_vad))
+        asyncio.run(_child(port, stats, args.replay, args.max_sessions))
         return 0
     if args.quick:
         args.sessions, args.max_seconds = min(args.sessions, 100), min(args.max_seconds, 30.0)
