@@ -240,6 +240,11 @@ class Session:
                 log.error("session %s task failed at close", self.id, exc_info=result)
         self._tasks.clear()
         self.engine.forget(self.id)  # its fair-share accounts on the model roles
+        # The session and its parts refer to each other (callbacks), so it goes only at the
+        # next full garbage collection: its big buffers go now (bench/soak.py).
+        self.echo.set_mode("off")
+        self._recent.clear()
+        self._input.clear()
         if interrupted:
             raise asyncio.CancelledError
 

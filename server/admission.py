@@ -32,6 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from conversation.contract import SessionSource
 from seetalk.errors import Unauthorized
+from seetalk.memory import HeapTrimmer
 from server.auth import Authenticator, Grant
 from server.metrics import Metrics
 
@@ -171,6 +172,7 @@ class Admission:
         self.source: SessionSource | None = None
         self.source_error: str | None = None
         self.draining = False  # SIGTERM: no new sessions; open ones run on (server.app)
+        self.trimmer = HeapTrimmer()  # freed memory back to the system as sessions end
 
     @property
     def status(self) -> str:
@@ -244,6 +246,7 @@ class Admission:
         if self.peers.get(key) is live:
             del self.peers[key]
             self.metrics.session_ended(reason or "closed")
+            self.trimmer.request(self.clock())
 
 
 class Slot:
