@@ -176,13 +176,19 @@ def response_object(
     output: list[dict[str, Any]],
     reason: str | None = None,
     err: dict[str, Any] | None = None,
+    *,
+    modalities: tuple[str, ...] | list[str] = ("audio",),
+    **extra: Any,
 ) -> dict[str, Any]:
+    """The protocol's response object; ``extra`` fields (``conversation_id``, ``metadata``,
+    ``usage``, ...) are added as given."""
     resp: dict[str, Any] = {
         "id": response_id,
         "object": "realtime.response",
         "status": status,
         "output": output,
-        "output_modalities": ["audio"],
+        "output_modalities": list(modalities),
+        **extra,
     }
     if status != "in_progress":
         details: dict[str, Any] = {"type": status}

@@ -145,25 +145,17 @@ def response_object(
     reason: str | None = None,
     usage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    resp: dict[str, Any] = {
-        "id": response_id,
-        "object": "realtime.response",
-        "status": status,
-        "output": output,
-        "output_modalities": list(spec.modalities),
+    extra: dict[str, Any] = {
         "conversation_id": None if spec.out_of_band else CONVERSATION_ID,
         "max_output_tokens": spec.max_output_tokens,
     }
     if spec.metadata is not None:
-        resp["metadata"] = spec.metadata
-    if status != "in_progress":
-        details: dict[str, Any] = {"type": status}
-        if reason is not None:
-            details["reason"] = reason
-        resp["status_details"] = details
+        extra["metadata"] = spec.metadata
     if usage is not None:
-        resp["usage"] = usage
-    return resp
+        extra["usage"] = usage
+    return ev.response_object(
+        response_id, status, output, reason, modalities=spec.modalities, **extra
+    )
 
 
 def _event(type_: str, **fields: Any) -> dict[str, Any]:
