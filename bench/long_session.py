@@ -12,9 +12,18 @@ and image bytes, the frames the camera intake holds, the model's input tokens fo
 timeline and the wall time the turn's compute took. Everything should be flat after the
 first minutes: memory and history bounded, model input bounded by the context budget.
 
-Prints a table every ten turns and a summary (first vs last quarter), with one whisper-base
+Prints a row every ten turns and a summary (first vs last quarter), with one whisper-base
 pass on 3 s of speech as a reference figure for the wall times, and writes
-``bench/results/long_session.json``.
+``bench/results/long_session.json`` (also every ten turns, ``"complete": false``, so a run
+cut short still leaves its figures).
+
+Where the wall time went: once the history reached the context budget (about turn 28),
+truncation cut the oldest turn at every reply, so the model's prompt changed right after
+the instructions and llama.cpp re-read the whole history each time (1,500 tokens: 20-30 s
+on a busy 2-core machine, against 0.4 s with the prefix reused), 40-200 s a turn at
+``nice -n 19``. ``conversation/budget.py`` now keeps a cut while the turns after it fit
+(``auto`` cuts to 80 % of the budget), so one reply in about seven re-reads the history;
+the full hour runs in about half an hour at ``nice -n 19`` on a shared machine.
 """
 
 from __future__ import annotations
@@ -83,7 +92,44 @@ def whisper_reference(engine: Engine, audio: np.ndarray) -> float:
     return time.perf_counter() - t0
 
 
-async def run(minutes: float, every: float) -> dict[str, Any]:
+def summarise(
+    turns: list[dict[str, Any]], minutes: float, budget: int, reference_s: float
+) -> dict[str, Any]:
+    quarter = max(1, len(turns) // 4)
+    first, last = turns[:quarter], turns[-quarter:]
+
+    def med(rows: list[dict[str, Any]], key: str) -> float | None:
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        return round(statistics.median(vals), 1) if vals else None
+
+    return {
+        "minutes": minutes,
+        "turns": len(turns),
+        "timeline_min_reached": turns[-1]["t_min"] if turns else 0.0,
+        "context_budget_tokens": budget,
+        "max_input_tokens": max((r["input_tokens"] or 0) for r in turns) if turns else None,
+        "whisper_base_3s_reference_s": round(reference_s, 3),
+        **{
+            f"{key}_{name}": med(rows, key)
+            for key in (
+                "rss_mb",
+                "input_tokens",
+                "items",
+                "image_bytes",
+                "voice_to_voice_ms",
+                "wall_s",
+            )
+            for name, rows in (("first_quarter", first), ("last_quarter", last))
+        },
+    }
+
+
+def save(path: str, result: dict[str, Any]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=1))
+
+
+async def run(minutes: float, every: float, out: str) -> dict[str, Any]:
     engine = await asyncio.to_thread(Engine.load)
     questions = [speech(q) for q in QUESTIONS]
     reference_s = whisper_reference(engine, questions[0])
@@ -93,6 +139,7 @@ async def run(minutes: float, every: float) -> dict[str, Any]:
     await session.start()
     n_out = round(settings.output_rate * STEP_S)
     steps = int(minutes * 60 / STEP_S)
+    budget = context_of(engine.backend) - settings.max_output_tokens
     turns: list[dict[str, Any]] = []
     pending: dict[str, Any] | None = None
     wall_turn = time.perf_counter()
@@ -134,32 +181,14 @@ async def run(minutes: float, every: float) -> dict[str, Any]:
                     )
                     turns.append(pending)
                     pending = None
-                    if len(turns) % 10 == 0:
+                    if len(turns) % 10 == 0:  # progress, kept even if the run is cut short
                         print(json.dumps(turns[-1]), flush=True)
+                        partial = summarise(turns, minutes, budget, reference_s)
+                        save(out, {"summary": partial, "turns": turns, "complete": False})
     finally:
         await session.aclose()
-    budget = context_of(engine.backend) - settings.max_output_tokens
-    quarter = max(1, len(turns) // 4)
-    first, last = turns[:quarter], turns[-quarter:]
-
-    def med(rows: list[dict[str, Any]], key: str) -> float | None:
-        vals = [r[key] for r in rows if r.get(key) is not None]
-        return round(statistics.median(vals), 1) if vals else None
-
-    summary = {
-        "minutes": minutes,
-        "turns": len(turns),
-        "context_budget_tokens": budget,
-        "max_input_tokens": max((r["input_tokens"] or 0) for r in turns) if turns else None,
-        "whisper_base_3s_reference_s": round(reference_s, 3),
-        **{
-            f"{key}_{name}": med(rows, key)
-            for key in ("rss_mb", "input_tokens", "items", "voice_to_voice_ms", "wall_s")
-            for name, rows in (("first_quarter", first), ("last_quarter", last))
-        },
-    }
     await engine.aclose()
-    return {"summary": summary, "turns": turns}
+    return {"summary": summarise(turns, minutes, budget, reference_s), "turns": turns}
 
 
 def main() -> None:
@@ -168,11 +197,10 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=20.0)
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "long_session.json"))
     args = parser.parse_args()
-    result = asyncio.run(run(args.minutes, args.every))
+    result = asyncio.run(run(args.minutes, args.every, args.json))
     for k, v in result["summary"].items():
         print(f"{k:40s} {v}")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1))
+    save(args.json, {**result, "complete": True})
 
 
 if __name__ == "__main__":

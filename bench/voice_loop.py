@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import re
 import subprocess
@@ -101,10 +102,14 @@ def pct(values: list[float], q: float) -> float | None:
     return round(values[k], 1)
 
 
-async def answer_turn(engine: Engine, question: str, workdir: Path) -> dict:
+async def answer_turn(
+    engine: Engine, question: str, workdir: Path, settings: SessionSettings | None = None
+) -> dict:
     speech = speak(question, workdir)
     audio = np.concatenate([np.zeros(RATE, np.float32), speech, np.zeros(4 * RATE, np.float32)])
-    run = await run_session(engine, audio, RATE, settings=SessionSettings(), max_tail_s=2.0)
+    run = await run_session(
+        engine, audio, RATE, settings=settings or SessionSettings(), max_tail_s=2.0
+    )
     metrics = run.of_type("seetalk.turn.metrics")
     m = dict(metrics[0]["metrics"]) if metrics else {}
     last_voiced = voiced_spans(audio, RATE)[-1][1]
@@ -169,7 +174,13 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 questions, 2 barge-ins")
     parser.add_argument("--json", default="bench/results/voice_loop.json")
+    parser.add_argument("--eot", choices=("silence", "smart_turn"), help="turn.eot")
     args = parser.parse_args()
+    settings = SessionSettings()
+    if args.eot:
+        settings = dataclasses.replace(
+            settings, turn=dataclasses.replace(settings.turn, eot=args.eot)
+        )
     t0 = time.perf_counter()
     engine = Engine.load()
     print(f"models loaded in {time.perf_counter() - t0:.1f} s: {engine.load_times}")
@@ -179,7 +190,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         for q in questions:
-            turn = await answer_turn(engine, q, workdir)
+            turn = await answer_turn(engine, q, workdir, settings)
             turns.append(turn)
             print(
                 f"  turn: v2v {turn.get('voice_to_voice_ms')} ms (audio {turn['audio_voice_to_voice_ms']}), "
@@ -221,6 +232,7 @@ async def main() -> None:
         "targets: overhead <= 50 ms p50; barge-in stop <= 150 ms p90; heard words +-1 in every run"
     )
     report = {
+        "eot": settings.turn.eot,
         "summary": summary,
         "turns": turns,
         "barge_ins": barge_runs,

@@ -6,7 +6,11 @@ go first; the newest message (what the model answers) is always kept. ``truncati
 follows the Realtime protocol: ``"auto"`` drops the oldest turns when the input would exceed
 the budget, ``"disabled"`` sends everything (the model's own context limit then fails the
 reply loudly), and ``retention_ratio`` (0..1) drops down to that fraction of the budget at
-once, so the prefix stays stable for several turns (a cache-friendly cut).
+once (``"auto"`` to :data:`AUTO_RETENTION` of it). A cut is kept while what follows it still
+fits (the caller passes :attr:`Fitted.anchor` back), so the model input keeps the same
+prefix for several turns and llama.cpp reuses its evaluated prefix: a stateless cut would
+move every turn once the context is full, and every reply would re-read the whole history
+(on 2 cores, 20-30 s for 1,500 tokens instead of 0.4 s).
 
 Tokens are counted with the model's own tokenizer when the backend has one
 (:class:`Tokenizes`, llama.cpp's ``tokenize``), otherwise estimated (:func:`estimate`: about
@@ -25,6 +29,8 @@ from llm.backend import ChatMessage
 IMAGE_TOKENS = 256  # what one image costs a vision model's context, roughly
 MESSAGE_OVERHEAD = 8  # chat-template tokens around each message (ChatML: about 6)
 DEFAULT_CONTEXT = 2048  # the embedded model's n_ctx
+AUTO_RETENTION = 0.8  # "auto" truncation cuts to this share of the budget
+ANCHOR = 4  # messages that identify where the previous cut was
 
 
 @runtime_checkable
@@ -67,6 +73,7 @@ class Fitted:
     messages: list[ChatMessage]
     tokens: int  # input tokens of ``messages``
     dropped: int  # messages left out
+    anchor: tuple[ChatMessage, ...] = ()  # where the kept history starts, after a cut
 
 
 def fit(
@@ -74,18 +81,27 @@ def fit(
     budget: int,
     count: Callable[[str], int],
     truncation: Truncation = Truncation(),
+    anchor: tuple[ChatMessage, ...] = (),
 ) -> Fitted:
     """The messages that fit ``budget`` input tokens. ``messages[0]`` (the instructions)
     and the last message are always kept; with ``truncation.mode == "disabled"`` nothing
-    is dropped. Pure: no clock, no I/O."""
+    is dropped. ``anchor`` (the previous result's) keeps the previous cut while what
+    follows it fits. Pure: no clock, no I/O."""
     sizes = [message_tokens(m, count) for m in messages]
     total = sum(sizes)
     if truncation.mode == "disabled" or total <= budget or len(messages) <= 2:
         return Fitted(list(messages), total, 0)
-    target = budget
-    if truncation.mode == "retention_ratio":
-        target = int(budget * truncation.retention_ratio)
     keep_first = 1 if messages[0].role == "system" else 0
+    if anchor:
+        for j in range(keep_first, len(messages) - 1):
+            if tuple(messages[j : j + len(anchor)]) == anchor:
+                kept_total = sum(sizes[:keep_first]) + sum(sizes[j:])
+                if kept_total <= budget:  # the same prefix as last time
+                    kept = list(messages[:keep_first]) + list(messages[j:])
+                    return Fitted(kept, kept_total, j - keep_first, anchor)
+                break
+    ratio = truncation.retention_ratio if truncation.mode == "retention_ratio" else AUTO_RETENTION
+    target = int(budget * ratio)
     start = keep_first
     while total > target and start < len(messages) - 1:
         total -= sizes[start]
@@ -95,7 +111,7 @@ def fit(
         total -= sizes[start]
         start += 1
     kept = list(messages[:keep_first]) + list(messages[start:])
-    return Fitted(kept, total, start - keep_first)
+    return Fitted(kept, total, start - keep_first, tuple(messages[start : start + ANCHOR]))
 
 
 def usage(input_tokens: int, output_tokens: int, audio_seconds: float = 0.0) -> dict[str, object]:

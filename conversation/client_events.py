@@ -20,6 +20,7 @@ import numpy as np
 from conversation import events as ev
 from conversation import responses
 from conversation.history import Conversation, Item
+from conversation.mcp import SessionMcp
 from conversation.playout import AudioOutput
 from conversation.protocol import (
     ClientEvent,
@@ -31,6 +32,7 @@ from conversation.protocol import (
     ItemDelete,
     ItemRetrieve,
     ItemTruncate,
+    McpApprovalResponseItem,
     MessageItem,
     OutputAudioClear,
     ResponseCancel,
@@ -52,6 +54,7 @@ class SessionCore(Protocol):
     audio_out: AudioOutput
     rest: responses.SessionRest
     tools: SessionTools
+    mcp: SessionMcp
 
     def emit(self, event: dict[str, Any]) -> None: ...
 
@@ -64,6 +67,8 @@ class SessionCore(Protocol):
     def respond_now(self) -> str | None: ...
 
     def cancel_reply(self, reason: str = "client_cancelled") -> None: ...
+
+    def run_approved(self) -> bool: ...
 
     def truncate_item(self, item_id: str, end_ms: int) -> str: ...
 
@@ -104,7 +109,11 @@ async def _dispatch(sess: SessionCore, event: ClientEvent) -> None:
                     code="unsupported",
                     param="type",
                 )
+            sess.mcp.check(event.tool_options.mcp, response=True)
             sess.tools.next_response(event.tool_options)  # this response's tools
+            sess.mcp.next_response(event.tool_options.mcp)  # ... and MCP servers
+            if sess.run_approved():  # approved MCP calls run first (conversation/mcp.py)
+                return
             if responses.is_default(event):
                 sess.respond_now()
             else:  # options, text, out of band, custom input: conversation/responses.py
@@ -139,13 +148,21 @@ def _session_update(sess: SessionCore, event: SessionUpdate) -> None:
     the whole update or refuse it whole, and say ``session.updated`` only once applied."""
     new = settings_for(sess.settings, event)
     sess.tools.check(event.tool_options)  # before anything applies: refused whole
+    sess.mcp.check(event.tool_options.mcp)  # labels, allowed URLs, the per-session bound
     sess.apply_settings(new)
     sess.tools.update(event.tool_options)
     sess.emit(ev.session_updated(sess.describe()))
+    sess.mcp.update(event.tool_options.mcp)  # mcp_list_tools items (conversation/mcp.py)
 
 
 async def _item_create(sess: SessionCore, event: ItemCreate) -> None:
     item = event.item
+    if isinstance(item, McpApprovalResponseItem):  # the answer to an approval request
+        answer = sess.mcp.answer(item)
+        previous = sess.conversation.add(answer)
+        sess.emit(ev.item_added(answer.to_event_item(), previous))
+        sess.emit(ev.item_done(answer.to_event_item(), previous))
+        return
     if not isinstance(item, MessageItem):  # function_call / function_call_output
         new = sess.tools.add_item(sess.conversation, item)  # conversation/tools.py
         previous = sess.conversation.add(new)

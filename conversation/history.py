@@ -29,12 +29,15 @@ class Item:
     source: str = "audio"  # "audio" | "text" | "text_reply" (a text-only response)
     notes: str = ""  # scene notes of the camera frames, for a model that cannot see
     # a tool call (role "assistant") or its output (``text``): conversation/tool_items.py
-    kind: str = "message"  # "message" | "function_call" | "function_call_output"
+    kind: str = "message"  # "message" | "function_call" | "function_call_output" | "mcp_*"
     call_id: str = ""
     name: str = ""
     arguments: str = ""
+    data: dict = field(default_factory=dict)  # MCP items' protocol fields (tool_items.py)
 
     def to_event_item(self) -> dict:
+        if self.kind in tool_items.MCP_KINDS:
+            return tool_items.mcp_event_item(self.kind, self.id, self.data)
         if self.kind != "message":
             status = "incomplete" if self.interrupted else "completed"
             return tool_items.event_item(

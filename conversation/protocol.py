@@ -33,8 +33,10 @@ from typing import Any, Final
 from conversation.tool_schema import (
     FunctionCallItem,
     FunctionCallOutputItem,
+    McpApprovalResponseItem,
     ToolOptions,
     parse_function_item,
+    parse_mcp_approval_response,
     parse_tool_options,
 )
 from seetalk.config import (
@@ -281,15 +283,13 @@ class MessageItem:
         return d
 
 
-AnyItem = MessageItem | FunctionCallItem | FunctionCallOutputItem
+AnyItem = MessageItem | FunctionCallItem | FunctionCallOutputItem | McpApprovalResponseItem
 
 
 @dataclass(frozen=True)
 class ItemCreate(ClientEvent):
     type = "conversation.item.create"
-    item: MessageItem | FunctionCallItem | FunctionCallOutputItem = field(
-        default_factory=lambda: MessageItem("user", ())
-    )
+    item: AnyItem = field(default_factory=lambda: MessageItem("user", ()))
     previous_item_id: str | None = None
 
     def _fields(self) -> Json:
@@ -628,11 +628,13 @@ def _parse_item(r: _Reader) -> AnyItem:
     item_type = r.string("type")
     if item_type in ("function_call", "function_call_output"):
         return parse_function_item(r.obj, r.path, r.event_id)  # conversation/tool_schema.py
+    if item_type == "mcp_approval_response":
+        return parse_mcp_approval_response(r.obj, r.path, r.event_id)
     if item_type != "message":
         raise r.fail(
             "type",
             f"item type {item_type[:100]!r} is not supported (only 'message', "
-            "'function_call' and 'function_call_output')",
+            "'function_call', 'function_call_output' and 'mcp_approval_response')",
             "unsupported",
         )
     r.keys({"type", "role", "content", "id", "object", "status"})
@@ -708,6 +710,7 @@ def _parse_response_create(r: _Reader) -> ResponseCreate:
         },
         _IGNORED_RESPONSE,
     )
+    _no_stored_prompt(p)
     tool_options = _tools(p)
     meta = p.sub("metadata", nullable=True)
     metadata = None
@@ -757,6 +760,12 @@ def _format(r: _Reader | None) -> AudioFormat | None:
     return fmt
 
 
+# ``semantic_vad`` eagerness -> the end-of-turn model's silences (``eot="smart_turn"``): how
+# long a turn the model calls incomplete may wait (OpenAI's documented max timeouts: 8 s,
+# 4 s, 2 s; auto is medium), the short silence after a complete verdict, and the silence
+# alone for a server without the model.
+SEMANTIC_MAX_WAIT_MS = {"low": 8000, "medium": 4000, "auto": 4000, "high": 2000}
+SEMANTIC_COMPLETE_MS = {"low": 500, "medium": 300, "auto": 300, "high": 200}
 SEMANTIC_SILENCE_MS = {"low": 1000, "medium": 600, "auto": 600, "high": 350}
 
 
@@ -809,6 +818,17 @@ _IGNORED_SESSION = frozenset(
 )
 
 
+def _no_stored_prompt(r: _Reader) -> None:
+    """``prompt`` names a prompt template stored at OpenAI; seetalk stores none, and a client
+    relying on one would notice it ignored, so anything but ``null`` is refused."""
+    if r.obj.get("prompt") is not None:
+        raise r.fail(
+            "prompt",
+            "stored prompt templates ('prompt') are not supported: send 'instructions'",
+            "unsupported",
+        )
+
+
 def _voice(r: _Reader) -> str | None:
     v = r.get("voice", (str, dict), "a string or {'id': ...}", required=False)
     if isinstance(v, dict):
@@ -842,6 +862,7 @@ def _parse_session_update(r: _Reader) -> SessionUpdate:
         },
         _IGNORED_SESSION,
     )
+    _no_stored_prompt(s)
     kind = s.choice("type", ("realtime", "transcription"))  # absent: realtime
     transcription = speed = None
     truncation = _truncation(s)

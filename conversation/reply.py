@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from conversation.events import new_id
+from models.scheduler import Priority
 from voice.tts import heard_text
 
 
@@ -48,6 +49,7 @@ class TurnTimes:
     first_audio_ready: float | None = None
     first_audio_out: float | None = None
     preemptive: bool = False
+    eot_complete: bool | None = None  # the end-of-turn model's verdict that ended the turn
 
     def metrics(self) -> dict[str, float | None]:
         """Per-stage milliseconds; see docs/events.md (``seetalk.turn.metrics``)."""
@@ -63,6 +65,8 @@ class TurnTimes:
             "voice_to_voice_ms": span(self.speech_end, self.first_audio_out),
             "preemptive": 1.0 if self.preemptive else 0.0,
         }
+        if self.eot_complete is not None:  # eot="smart_turn" (or semantic_vad) heard it
+            out["eot_complete"] = 1.0 if self.eot_complete else 0.0
         if self.endpoint is not None and self.first_audio_out is not None:
             # Model compute on the critical path: the union of the stages' running times
             # after the endpoint (a preemptive reply's stages overlap recognition).
@@ -108,6 +112,9 @@ class Reply:
     status: str = "in_progress"  # completed | cancelled | failed
     held: bool = False  # a preemptive reply, not to be played until adopted
     speed: float = 1.0  # the voice's rate (audio.output.speed), fixed for the reply's life
+    # Its generation's place on the language model (models/engine.py ``llm_for``): FIRST
+    # when a person waits for it (a turn's reply), REST for a repeated response.create.
+    priority: Priority = Priority.FIRST
     generation_done: bool = False
     synthesis_done: bool = False
     started_audio: bool = False

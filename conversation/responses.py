@@ -27,6 +27,7 @@ from conversation import turns as tt
 from conversation.history import Conversation, Item
 from conversation.protocol import MessageItem, ResponseCreate
 from llm.backend import ChatBackend, ChatMessage, GenerationSettings
+from models.scheduler import Priority
 from seetalk.config import SessionSettings
 from seetalk.errors import ConfigError, InvalidEvent, SeetalkError
 from vision.images import decode_data_url_async
@@ -73,6 +74,20 @@ def spec_for(settings: SessionSettings, event: ResponseCreate | None = None) -> 
         metadata=None if event.metadata is None else dict(event.metadata),
         input=event.input,
     )
+
+
+def generation_priority(
+    *, requested: bool, latest_user: str | None, answered: str | None
+) -> Priority:
+    """Where a spoken reply's generation queues on the language model (models/engine.py).
+
+    A turn's reply is what a person waits for: ``FIRST``. A ``response.create``
+    (``requested``) is too while the latest user item has no reply yet (push-to-talk: the
+    client commits, then asks); once a reply was started for it, more are ``REST``, so one
+    session sending endless ``response.create`` cannot delay another's turn."""
+    if not requested or (latest_user is not None and latest_user != answered):
+        return Priority.FIRST
+    return Priority.REST
 
 
 def is_default(event: ResponseCreate) -> bool:
@@ -334,6 +349,8 @@ class Host(Protocol):
     @property
     def backend(self) -> ChatBackend: ...
 
+    def llm_for(self, priority: Priority) -> ChatBackend: ...
+
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]: ...
 
     def emit(self, event: dict[str, Any]) -> None: ...
@@ -342,6 +359,7 @@ class Host(Protocol):
         self,
         messages: list[ChatMessage] | None = None,
         generation: GenerationSettings | None = None,
+        priority: Priority | None = None,
     ) -> str | None: ...
 
     def cancel_reply(self, reason: str = "client_cancelled") -> None: ...
@@ -398,6 +416,7 @@ class SessionRest:
         self._tracked: dict[str, _Accounting] = {}  # by response id, until response.done
         self._next: ResponseSpec | None = None  # options of the next reply the session runs
         self.last_input_tokens = 0
+        self._anchor: tuple[ChatMessage, ...] = ()  # the last cut (budget.fit), kept
 
     # --- what the session asks ---------------------------------------------------------
 
@@ -453,8 +472,13 @@ class SessionRest:
         spec = self._next
         room = self.context_tokens() - (spec.max_output_tokens if spec else s.max_output_tokens)
         fitted = budget.fit(
-            messages, max(1, room), self.count(), budget.Truncation(s.truncation, s.retention_ratio)
+            messages,
+            max(1, room),
+            self.count(),
+            budget.Truncation(s.truncation, s.retention_ratio),
+            self._anchor,
         )
+        self._anchor = fitted.anchor  # the next reply keeps this cut: the model's cache holds
         self.last_input_tokens = fitted.tokens
         if response_id is not None:
             acc = self._tracked.get(response_id) or _Accounting(spec or spec_for(s))
@@ -526,6 +550,7 @@ class SessionRest:
             host.respond_now(
                 messages,
                 GenerationSettings(max_tokens=spec.max_output_tokens, temperature=s.temperature),
+                Priority.REST if spec.out_of_band else None,  # nobody's turn waits on it
             )
         finally:
             self._next = None
@@ -542,7 +567,7 @@ class SessionRest:
             self._next = None
         response = TextResponse(
             spec,
-            backend=host.backend,
+            backend=host.llm_for(Priority.REST),  # text: nobody waits for a voice
             conversation=host.conversation,
             emit=self._emit,
             temperature=host.settings.temperature,

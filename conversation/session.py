@@ -15,6 +15,7 @@ past its maximum length) is reported, never dropped silently.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Coroutine
@@ -29,19 +30,20 @@ from conversation import turns as tt
 from conversation.contract import SessionSource, TransportSession
 from conversation.echo import SessionEcho
 from conversation.history import Conversation, Item
+from conversation.mcp import McpRegistry, SessionMcp
 from conversation.playout import AudioOutput
 from conversation.protocol import ClientEvent
 from conversation.reply import Reply
-from conversation.server_tools import ServerTool, ToolHost, ToolRuns
+from conversation.server_tools import ServerTool, ToolHost, ToolRuns, builtin_tools, look_now
 from conversation.settings import describe_session
 from conversation.speaker import Busy, Speaker
 from conversation.tool_schema import ToolOptions
 from conversation.tools import SessionTools
-from llm.backend import ChatMessage, GenerationSettings
+from llm.backend import ChatBackend, ChatMessage, GenerationSettings
 from models.engine import Engine
 from models.scheduler import Priority
 from seetalk.clock import Clock, MonotonicClock
-from seetalk.config import SessionSettings
+from seetalk.config import BuiltinTools, SessionSettings
 from seetalk.errors import ConfigError, InvalidEvent, SeetalkError
 from vision.frames import FrameIntake
 from voice.asr import StreamingRecognizer
@@ -112,17 +114,22 @@ class Session:
         playout: str = "paced",
         clock: Clock | None = None,
         session_id: str | None = None,
+        builtins: BuiltinTools | None = None,
+        mcp: McpRegistry | None = None,
     ) -> None:
         if playout not in ("paced", "push"):
             raise ValueError("playout is 'paced' or 'push'")
         self.engine = engine
+        self.builtins = builtins or BuiltinTools()  # switched on by the deployment (--tools)
+        if not settings.timezone:
+            settings = dataclasses.replace(settings, timezone=self.builtins.timezone)
         self.settings = settings
         self.playout = playout
         self.clock = clock or MonotonicClock()
         self.id = session_id or ev.new_id("sess")
         self.events = EventQueue()
         self.audio_out = AudioOutput(settings.output_rate, on_playout=self._on_playout)
-        self.turns = tt.TurnTaker(settings.turn)
+        self.turns = tt.TurnTaker(tt.for_model(settings.turn, engine.eot is not None))
         self.conversation = Conversation()
         self.busy = Busy()
         self.closed = False
@@ -156,7 +163,20 @@ class Session:
                 self._tool_follow_up,
             )
         )
-        self.tools.server_specs = lambda: self.tool_runs.specs
+        # MCP servers (conversation/mcp.py): the deployment's, and the session's own
+        self.mcp = SessionMcp(mcp, self.emit, self.spawn, self.conversation)
+        self.tools.server_specs = lambda: (*self.tool_runs.specs, *self.mcp.specs())
+        self.tools.own_names = lambda: tuple(s.name for s in self.tool_runs.specs)
+        self.tools.mcp_offered = self.mcp.offered  # names a client's function may not take
+        self.tools.announce_mcp = self.mcp.announce
+        self.tool_runs.mcp = self.mcp
+        self.add_server_tools(
+            builtin_tools(
+                self.builtins.names,
+                zone=lambda: self.settings.timezone or self.builtins.timezone,
+                look=lambda: look_now(self.frames, self.input_time, self.engine, self.id),
+            )
+        )
         self._vad = VoiceActivity(SharedSileroVad(engine.vad_path), settings.turn)
         # echo of the reply (docs/echo.md): the output is its reference; per session
         self.echo = SessionEcho(
@@ -201,9 +221,11 @@ class Session:
         self._user_item: str | None = None  # the user item of the utterance in progress
         self._partial = ""
         self._speech_end_clock: float | None = None
+        self._eot_verdict: bool | None = None  # the end-of-turn model's, for the metrics
         self._endpoint_clock: float | None = None
         self._reply: Reply | None = None  # the reply of the current turn
         self._held: Reply | None = None  # a preemptive reply, not yet confirmed
+        self._answered: str | None = None  # the latest user item a reply was started for
         self._finalizing: asyncio.Task[None] | None = None
         self._utterance_start = 0.0
         self._final_clock: float | None = None
@@ -215,6 +237,7 @@ class Session:
     async def start(self) -> None:
         self.spawn(self._input_loop())
         self.emit(ev.session_created(self.describe()))
+        self.mcp.start()  # the deployment's MCP servers' listings
         self.rest.started()
 
     async def aclose(self) -> None:
@@ -235,6 +258,10 @@ class Session:
         except asyncio.CancelledError:
             interrupted = True
         results = await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await self.mcp.aclose()  # MCP servers opened for this session
+        except asyncio.CancelledError:
+            interrupted = True
         for result in results:
             if isinstance(result, Exception):
                 log.error("session %s task failed at close", self.id, exc_info=result)
@@ -301,6 +328,11 @@ class Session:
         """The language model the replies come from."""
         return self.engine.backend
 
+    def llm_for(self, priority: Priority) -> ChatBackend:
+        """The language model as this session's work at ``priority`` reaches it (scheduled
+        on the engine's ``llm`` role; see models/engine.py)."""
+        return self.engine.llm_for(self.id, priority)
+
     async def handle_client_event(self, event: ClientEvent) -> None:
         """Act on one parsed client event (:func:`conversation.protocol.parse_client_event`);
         the handlers are :mod:`conversation.client_events`. Anything wrong becomes an
@@ -309,7 +341,9 @@ class Session:
 
     def describe(self) -> dict[str, Any]:
         """The session object of ``session.created``/``session.updated`` (OpenAI shape)."""
-        return {**describe_session(self.id, self.settings), **self.tools.describe()}
+        out = {**describe_session(self.id, self.settings), **self.tools.describe()}
+        out["seetalk"]["server_tools"] = [s.to_openai()["function"] for s in self.tool_runs.specs]
+        return out
 
     def apply_settings(self, new: SessionSettings) -> None:
         """Make ``new`` the session's settings, at every stage they govern, or change nothing.
@@ -350,7 +384,7 @@ class Session:
         self.settings = new
         self._recognizer.transcriber = transcriber  # audio.input.transcription.language
         self._recognizer.prompt = new.transcription_prompt or None  # ... and its prompt
-        self.turns.update_settings(new.turn)
+        self.turns.update_settings(tt.for_model(new.turn, self.engine.eot is not None))
         self._vad.update_settings(new.turn)
         self.frames.update_settings(new)
         self.echo.set_mode(new.echo)
@@ -679,6 +713,7 @@ class Session:
         item = self._user_item or ev.new_id("item")
         self._user_item = None
         self._open_waits = False  # its audio, if waiting, stays first in line
+        self._eot_verdict = self.turns.verdict if self.turns.settings.eot == "smart_turn" else None
         self._final_holds += 1
         vision, self._vision = self._vision, None
         self._endpoint_clock = self.clock.now()
@@ -788,6 +823,7 @@ class Session:
         reply = Reply(rate=self.settings.output_rate, held=held, speed=self.settings.speed)
         reply.times.speech_end = self._speech_end_clock
         reply.times.endpoint = self._endpoint_clock
+        reply.times.eot_complete = self._eot_verdict
         return reply
 
     def _generation(self) -> GenerationSettings:
@@ -839,14 +875,22 @@ class Session:
             return
         reply.times.endpoint = self._endpoint_clock
         reply.times.final_ready = self._final_clock
+        reply.times.eot_complete = self._eot_verdict
         self._reply = reply
         self.turns.reply_started(reply.id)
+        self._answered = self._latest_user()
         self._speaker.adopt(reply)
+
+    def _latest_user(self) -> str | None:
+        return next((i.id for i in reversed(self.conversation.items) if i.role == "user"), None)
 
     def _respond(
         self,
         messages: list[ChatMessage] | None = None,
         generation: GenerationSettings | None = None,
+        priority: Priority | None = None,
+        *,
+        requested: bool = False,
     ) -> str | None:
         """Start a reply to the conversation as it stands (or to ``messages``); with
         ``output_modalities: ["text"]`` a text response (conversation/responses.py)."""
@@ -857,6 +901,15 @@ class Session:
         self.rest.cancel_text("turn_detected")
         reply = self._new_reply(held=False)
         reply.times.final_ready = self._final_clock
+        latest = self._latest_user()
+        reply.priority = (
+            priority
+            if priority is not None
+            else responses.generation_priority(
+                requested=requested, latest_user=latest, answered=self._answered
+            )
+        )
+        self._answered = latest
         self._reply = reply
         self.rest.claim_next(reply.id)  # options of a response.create, if any
         self.turns.reply_started(reply.id)
@@ -868,12 +921,14 @@ class Session:
         self,
         messages: list[ChatMessage] | None = None,
         generation: GenerationSettings | None = None,
+        priority: Priority | None = None,
     ) -> str | None:
-        """``response.create``: answer the conversation as it stands (or ``messages``), now."""
+        """``response.create``: answer the conversation as it stands (or ``messages``), now;
+        its generation at ``priority``, else as :func:`responses.generation_priority` says."""
         self._final_clock = self.clock.now()
         self._endpoint_clock = self._final_clock
         self._speech_end_clock = self._final_clock
-        return self._respond(messages, generation)
+        return self._respond(messages, generation, priority, requested=True)
 
     def cancel_reply(self, reason: str = "client_cancelled") -> None:
         """``response.cancel``: stop the current reply, keeping what was heard. Nothing to
@@ -1006,8 +1061,10 @@ class Session:
         self.emit(ev.output_audio_stopped(reply.id))
         calls = self.tools.finish(reply.id, self.conversation, 1)  # its function calls
         output = [item.to_event_item(), *calls]
-        self.emit(ev.response_done(reply.id, reply.status, output, err=reply.error))
-        self.tool_runs.after_reply(calls)  # the server's own tools run now
+        done = ev.response_done  # after the response's MCP calls, if any (they are in it)
+        self.tool_runs.after_reply(  # the server's own tools run now
+            calls, lambda: self.emit(done(reply.id, reply.status, output, err=reply.error))
+        )
 
     def _ended_silent(self, reply: Reply) -> None:
         """A reply that produced no audio (only tool calls) ends as if it had played."""
@@ -1019,18 +1076,38 @@ class Session:
         them beside the client's function tools."""
         self.tool_runs.add(tools)
 
+    def run_approved(self) -> bool:
+        """``response.create`` after approvals: the approved MCP calls run in a response of
+        their own (``mcp_call`` items), then a reply speaks the answer. False if none."""
+        if not self.mcp.has_approved():
+            return False
+        rid = ev.new_id("resp")
+        self.emit(ev.response_created(rid))
+        calls = self.mcp.take_approved(rid)
+        self.tool_runs.after_reply(
+            calls, lambda: self.emit(ev.response_done(rid, "completed", calls))
+        )
+        return True
+
     def _tool_follow_up(self) -> None:
         """The server's tools have answered: speak the answer (no further tool call)."""
         self.tools.next_response(ToolOptions(tool_choice="none"))
-        self.respond_now()
+        self.respond_now(priority=Priority.FIRST)  # the turn's answer, still awaited
 
 
 class Sessions:
     """Sessions on one set of loaded models: the :class:`~conversation.contract.SessionSource`
     every transport opens sessions from."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        builtins: BuiltinTools | None = None,
+        mcp: McpRegistry | None = None,
+    ) -> None:
         self.engine = engine
+        self.builtins = builtins  # the built-in tools every session gets (--tools)
+        self.mcp = mcp  # the deployment's MCP servers (--mcp), set by the app once started
 
     def new_session(
         self,
@@ -1046,6 +1123,8 @@ class Sessions:
             playout=playout,
             clock=clock,
             session_id=session_id,
+            builtins=self.builtins,
+            mcp=self.mcp,
         )
 
     def load(self) -> dict[str, dict[str, Any]]:

@@ -13,6 +13,8 @@ from typing import Any
 from conversation.protocol import (
     FORMATS,
     PCM16,
+    SEMANTIC_COMPLETE_MS,
+    SEMANTIC_MAX_WAIT_MS,
     SEMANTIC_SILENCE_MS,
     SessionUpdate,
     TurnDetection,
@@ -24,9 +26,16 @@ def describe_session(session_id: str, settings: SessionSettings) -> dict[str, An
     """The session object of ``session.created``/``session.updated`` (OpenAI shape), with
     every seetalk setting under ``seetalk``."""
     turn = settings.turn
-    detection = (
+    detection: dict[str, Any] | None = (
         None
         if turn.mode == "none"
+        else {
+            "type": "semantic_vad",  # what was asked; the end-of-turn model carries it out
+            "eagerness": turn.eagerness,
+            "create_response": turn.create_response,
+            "interrupt_response": turn.interrupt,
+        }
+        if turn.eagerness
         else {
             "type": "server_vad",
             "threshold": turn.vad_threshold,
@@ -93,8 +102,9 @@ def describe_session(session_id: str, settings: SessionSettings) -> dict[str, An
 def settings_for(current: SessionSettings, update: SessionUpdate) -> SessionSettings:
     """The settings ``update`` asks for, from ``current``: ``instructions``,
     ``max_output_tokens`` (``"inf"`` is the most, 4096), ``audio.output.voice``, the audio
-    formats, ``audio.input.turn_detection`` (``server_vad``; ``semantic_vad`` becomes a
-    silence duration chosen by its eagerness; ``null`` means the client commits turns), and
+    formats, ``audio.input.turn_detection`` (``server_vad``; ``semantic_vad`` becomes the
+    end-of-turn model, ``eot="smart_turn"``, its silences chosen by the eagerness; ``null``
+    means the client commits turns), and
     the ``seetalk`` extension (its ``turn`` applied after ``turn_detection``).
 
     Raises :class:`~seetalk.errors.ConfigError` naming the parameter if the combination is
@@ -117,6 +127,8 @@ def settings_for(current: SessionSettings, update: SessionUpdate) -> SessionSett
         turn["mode"] = "none"
     elif isinstance(td, TurnDetection):
         turn.update(_turn_changes(td))
+        if td.type == "server_vad" and current.turn.eagerness:
+            turn.update(eagerness="", eot="silence")  # semantic_vad's model no longer asked
     if update.noise_reduction == "far_field":
         changes["echo"] = "on"  # a speakerphone: cancel the reply's echo (docs/echo.md)
     changes.update(_rest_of_protocol(update))
@@ -148,7 +160,14 @@ def _rest_of_protocol(update: SessionUpdate) -> dict[str, Any]:
 def _turn_changes(td: TurnDetection) -> dict[str, Any]:
     turn: dict[str, Any] = {"mode": "server_vad"}
     if td.type == "semantic_vad":
-        turn["silence_ms"] = SEMANTIC_SILENCE_MS[td.eagerness or "auto"]
+        eagerness = td.eagerness or "auto"
+        turn.update(
+            eagerness=eagerness,
+            eot="smart_turn",
+            eot_incomplete_silence_ms=SEMANTIC_MAX_WAIT_MS[eagerness],
+            eot_complete_silence_ms=SEMANTIC_COMPLETE_MS[eagerness],
+            silence_ms=SEMANTIC_SILENCE_MS[eagerness],  # without the model (turns.for_model)
+        )
     for src, dst in (
         ("threshold", "vad_threshold"),
         ("prefix_padding_ms", "prefix_padding_ms"),

@@ -239,7 +239,8 @@ class Speaker:
         tools: ToolUse | None = None,
     ) -> None:
         with self.busy():
-            async for delta in tool_stream(self.engine.backend, messages, settings, tools):
+            llm = self.engine.llm_for(self.session_id, reply.priority)  # scheduled
+            async for delta in tool_stream(llm, messages, settings, tools):
                 if reply.times.first_token is None:
                     reply.times.first_token = self.clock.now()
                 if isinstance(delta, ToolCallDelta):

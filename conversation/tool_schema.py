@@ -8,7 +8,9 @@
 - ``invalid_tool_schema``: ``parameters`` is not a valid JSON Schema (draft 2020-12) of an
   object, or it is nested deeper than :data:`MAX_SCHEMA_DEPTH` / bigger than
   :data:`MAX_SCHEMA_BYTES`;
-- ``duplicate_tool_name``: two tools of one list share a name;
+- ``duplicate_tool_name``: two tools of one list share a name, or a function tool takes the
+  name of a tool the session runs itself (:func:`check_tool_names`, also called by
+  :class:`~conversation.tools.SessionTools` with the session's built-ins and MCP servers);
 - ``too_many_tools``: more than :data:`MAX_TOOLS`;
 - ``tool_description_too_long``: a description over :data:`MAX_DESCRIPTION_CHARS`;
 - ``invalid_value`` / ``invalid_type`` / ``missing_required_parameter`` /
@@ -19,7 +21,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from llm.tools import CHOICES, ToolSpec
@@ -32,6 +35,7 @@ MAX_SCHEMA_DEPTH: Final = 16
 MAX_ARGUMENTS_CHARS: Final = 64 * 1024
 MAX_OUTPUT_CHARS: Final = 100_000
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MCP_SEP: Final = "__"  # the model sees an MCP server's tool as LABEL__tool (conversation/mcp.py)
 _ITEM_KEYS = {"type", "id", "object", "status"}
 
 
@@ -79,12 +83,100 @@ class FunctionCallOutputItem:
 
 
 @dataclass(frozen=True)
+class McpToolDef:
+    """An ``{"type": "mcp", ...}`` tool: an MCP server the session's model may use
+    (conversation/mcp.py). ``allowed_tools`` ``None``: all its tools. ``approval``:
+    ``"always"``, ``"never"`` (for every tool), or per tool (``always_tools`` /
+    ``never_tools``; a tool in neither list needs approval). ``path`` locates it in the
+    event, for errors (``"session.tools[2]."``)."""
+
+    server_label: str
+    server_url: str | None = None
+    allowed_tools: tuple[str, ...] | None = None
+    approval: str = "always"  # always | never | filter
+    always_tools: tuple[str, ...] = ()
+    never_tools: tuple[str, ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
+    authorization: str | None = field(default=None, repr=False)
+    server_description: str | None = None
+    path: str = field(default="", compare=False)
+
+    def allows(self, tool: str) -> bool:
+        return self.allowed_tools is None or tool in self.allowed_tools
+
+    def needs_approval(self, tool: str) -> bool:
+        if self.approval != "filter":
+            return self.approval == "always"
+        return tool in self.always_tools or tool not in self.never_tools
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"type": "mcp", "server_label": self.server_label}
+        if self.server_url is not None:
+            d["server_url"] = self.server_url
+        if self.allowed_tools is not None:
+            d["allowed_tools"] = list(self.allowed_tools)
+        if self.approval == "filter":
+            d["require_approval"] = {
+                k: {"tool_names": list(v)}
+                for k, v in (("always", self.always_tools), ("never", self.never_tools))
+                if v
+            }
+        else:
+            d["require_approval"] = self.approval
+        if self.server_description is not None:
+            d["server_description"] = self.server_description
+        return d  # headers and authorization are secrets: never echoed
+
+
+@dataclass(frozen=True)
+class McpApprovalResponseItem:
+    """An ``mcp_approval_response`` item: the client's answer to an approval request."""
+
+    approval_request_id: str
+    approve: bool
+    reason: str | None = None
+    id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "type": "mcp_approval_response",
+            "approval_request_id": self.approval_request_id,
+            "approve": self.approve,
+        }
+        if self.reason is not None:
+            d["reason"] = self.reason
+        if self.id is not None:
+            d["id"] = self.id
+        return d
+
+
+@dataclass(frozen=True)
+class McpChoice:
+    """``tool_choice: {"type": "mcp", "server_label", "name"?}``: the reply must call a tool
+    of that MCP server (``name``, as the server names it, or ``None``: any of its tools)."""
+
+    server_label: str
+    name: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"type": "mcp", "server_label": self.server_label}
+        if self.name is not None:
+            d["name"] = self.name
+        return d
+
+
+@dataclass(frozen=True)
 class ToolOptions:
-    """The tool fields of a ``session.update`` or ``response.create`` (``None``: not given)."""
+    """The tool fields of a ``session.update`` or ``response.create`` (``None``: not given).
+    ``mcp`` holds the ``mcp`` tools of ``tools`` (given together); ``paths`` locates each
+    of ``tools`` in the event, for errors (``"session.tools[2]."``)."""
 
     tools: tuple[ToolSpec, ...] | None = None
-    tool_choice: str | None = None  # auto | none | required | the name of one function
+    # auto | none | required | the name of one function | one MCP server's tool
+    tool_choice: str | McpChoice | None = None
     parallel_tool_calls: bool | None = None
+    mcp: tuple[McpToolDef, ...] | None = None
+    paths: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def given(self) -> bool:
@@ -102,9 +194,13 @@ class ToolOptions:
                 }
                 for t in self.tools
             ]
+            d["tools"] += [m.to_dict() for m in self.mcp or ()]
         if self.tool_choice is not None:
             c = self.tool_choice
-            d["tool_choice"] = c if c in CHOICES else {"type": "function", "name": c}
+            if isinstance(c, McpChoice):
+                d["tool_choice"] = c.to_dict()
+            else:
+                d["tool_choice"] = c if c in CHOICES else {"type": "function", "name": c}
         if self.parallel_tool_calls is not None:
             d["parallel_tool_calls"] = self.parallel_tool_calls
         return d
@@ -166,6 +262,8 @@ def parse_tool_options(obj: dict[str, Any], path: str, event_id: str | None) -> 
     at ``path`` (e.g. ``"session."``). A named ``tool_choice`` must name a tool of the same
     object when it carries ``tools``; otherwise the session checks it (its tools)."""
     tools = None
+    mcp_tools: tuple[McpToolDef, ...] = ()
+    paths: list[str] = []
     if "tools" in obj:
         raw = obj["tools"]
         if not isinstance(raw, list):
@@ -179,20 +277,27 @@ def parse_tool_options(obj: dict[str, Any], path: str, event_id: str | None) -> 
                 "too_many_tools",
             )
         specs: list[ToolSpec] = []
+        mcp: list[McpToolDef] = []
         for i, t in enumerate(raw):
-            spec = parse_tool(t, f"{path}tools[{i}].", event_id)
-            if any(s.name == spec.name for s in specs):
-                raise _fail(
-                    f"{path}tools[{i}].",
-                    "name",
-                    f"tool name {spec.name!r} is declared twice",
-                    event_id,
-                    "duplicate_tool_name",
-                )
-            specs.append(spec)
+            if isinstance(t, dict) and t.get("type") == "mcp":
+                m = parse_mcp_tool(t, f"{path}tools[{i}].", event_id)
+                if any(x.server_label == m.server_label for x in mcp):
+                    raise _fail(
+                        m.path,
+                        "server_label",
+                        f"MCP server label {m.server_label!r} is declared twice",
+                        event_id,
+                        "duplicate_tool_name",
+                    )
+                mcp.append(m)
+                continue
+            specs.append(parse_tool(t, f"{path}tools[{i}].", event_id))
+            paths.append(f"{path}tools[{i}].")
+            check_tool_names(specs, paths, event_id)
         tools = tuple(specs)
+        mcp_tools = tuple(mcp)
     choice = parse_tool_choice(obj.get("tool_choice"), path, event_id)
-    if choice not in (None, *CHOICES) and tools is not None:
+    if isinstance(choice, str) and choice not in CHOICES and tools is not None:
         if not any(t.name == choice for t in tools):
             raise _fail(
                 path,
@@ -209,7 +314,43 @@ def parse_tool_options(obj: dict[str, Any], path: str, event_id: str | None) -> 
             event_id,
             "invalid_type",
         )
-    return ToolOptions(tools, choice, parallel)
+    return ToolOptions(
+        tools, choice, parallel, mcp_tools if tools is not None else None, tuple(paths)
+    )
+
+
+def check_tool_names(
+    specs: Sequence[ToolSpec],
+    paths: Sequence[str],
+    event_id: str | None = None,
+    *,
+    taken: Mapping[str, str] | None = None,
+    namespaces: Mapping[str, str] | None = None,
+) -> None:
+    """The one check that the model is never offered two tools of one name: no two of
+    ``specs`` (function tools at ``paths``) share a name, none takes a name of ``taken``
+    (name -> what owns it, e.g. a built-in), and none lies in a ``namespaces`` prefix
+    (``LABEL__`` -> the MCP server whose tools are named so). Raises
+    :class:`InvalidEvent` (``duplicate_tool_name``) naming the tool."""
+    seen: set[str] = set()
+    for spec, where in zip(specs, paths, strict=True):
+        name = spec.name
+        owner = next(
+            ((p, who) for p, who in (namespaces or {}).items() if name.startswith(p)), None
+        )
+        if name in seen:
+            message = f"tool name {name!r} is declared twice"
+        elif taken and name in taken:
+            message = f"tool name {name!r} is taken by {taken[name]}: choose another name"
+        elif owner is not None:
+            message = (
+                f"tool name {name!r} is taken: {owner[1]} offers its tools as "
+                f"{owner[0]}TOOL; choose another name"
+            )
+        else:
+            seen.add(name)
+            continue
+        raise _fail(where, "name", message, event_id, "duplicate_tool_name")
 
 
 def parse_tool(t: Any, path: str, event_id: str | None) -> ToolSpec:
@@ -221,8 +362,7 @@ def parse_tool(t: Any, path: str, event_id: str | None) -> ToolSpec:
         raise _fail(
             path,
             "type",
-            f"tool type {str(kind)[:64]!r} is not supported (only "
-            "'function'; MCP servers are configured with --mcp)",
+            f"tool type {str(kind)[:64]!r} is not supported (only 'function' and 'mcp')",
             event_id,
             "unsupported",
         )
@@ -282,8 +422,10 @@ def _depth(value: Any) -> int:
     return 0
 
 
-def parse_tool_choice(raw: Any, path: str, event_id: str | None) -> str | None:
-    """``auto``/``none``/``required``, or ``{"type": "function", "name": ...}`` as the name."""
+def parse_tool_choice(raw: Any, path: str, event_id: str | None) -> str | McpChoice | None:
+    """``auto``/``none``/``required``, ``{"type": "function", "name": ...}`` as the name, or
+    ``{"type": "mcp", "server_label": ..., "name"?: ...}`` as a :class:`McpChoice` (whether
+    the server and tool are offered is the session's check)."""
     if raw is None:
         return None
     if isinstance(raw, str):
@@ -305,15 +447,17 @@ def parse_tool_choice(raw: Any, path: str, event_id: str | None) -> str | None:
             "invalid_type",
         )
     sub = f"{path}tool_choice."
+    if raw.get("type") == "mcp":
+        _keys(raw, {"type", "server_label", "name"}, sub, event_id)
+        label = _string(raw, "server_label", sub, event_id, max_chars=64)
+        assert label is not None
+        tool = raw.get("name")
+        if tool is not None:
+            tool = _string(raw, "name", sub, event_id, max_chars=128)
+        return McpChoice(label, tool)
     _keys(raw, {"type", "name"}, sub, event_id)
     if raw.get("type") != "function":
-        raise _fail(
-            sub,
-            "type",
-            "a named tool_choice has type 'function'",
-            event_id,
-            "unsupported" if raw.get("type") == "mcp" else "invalid_value",
-        )
+        raise _fail(sub, "type", "a named tool_choice has type 'function' or 'mcp'", event_id)
     name = _string(raw, "name", sub, event_id, max_chars=64)
     assert name is not None
     return name
@@ -341,3 +485,152 @@ def parse_function_item(
     output = _string(obj, "output", path, event_id, max_chars=MAX_OUTPUT_CHARS)
     assert output is not None
     return FunctionCallOutputItem(call_id, output, id=item_id)
+
+
+MCP_TOOL_KEYS = {
+    "type",
+    "server_label",
+    "server_url",
+    "allowed_tools",
+    "require_approval",
+    "headers",
+    "authorization",
+    "server_description",
+    "allowed_callers",
+    "defer_loading",
+}
+MAX_MCP_HEADERS: Final = 32
+
+
+def parse_mcp_tool(t: dict[str, Any], path: str, event_id: str | None) -> McpToolDef:
+    """One ``{"type": "mcp", "server_label", ...}`` tool (the GA Realtime shape).
+    Whether its label or URL may be used is the session's check (conversation/mcp.py)."""
+    for key in ("connector_id", "tunnel_id"):
+        if key in t:
+            raise _fail(
+                path,
+                key,
+                f"{key} is not supported: name a server of the deployment with "
+                "server_label, or give a server_url",
+                event_id,
+                "unsupported",
+            )
+    _keys(t, MCP_TOOL_KEYS, path, event_id)
+    label = _string(t, "server_label", path, event_id, max_chars=64)
+    assert label is not None
+    if not NAME.fullmatch(label) or MCP_SEP in label or label.endswith("_"):
+        raise _fail(
+            path,
+            "server_label",
+            f"server_label {label!r} must be 1-64 letters, digits, '_' or '-' (no '__', "
+            "not ending in '_': its tools are named LABEL__tool)",
+            event_id,
+        )
+    url = _string(t, "server_url", path, event_id, max_chars=2048, required=False)
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise _fail(path, "server_url", "server_url must be an http(s) URL", event_id)
+    allowed = _mcp_names(t.get("allowed_tools"), path, "allowed_tools", event_id)
+    approval, always, never = _mcp_approval(t.get("require_approval"), path, event_id)
+    headers: list[tuple[str, str]] = []
+    raw_headers = t.get("headers")
+    if raw_headers is not None:
+        if not isinstance(raw_headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in raw_headers.items()
+        ):
+            raise _fail(
+                path, "headers", "headers must map names to strings", event_id, "invalid_type"
+            )
+        if len(raw_headers) > MAX_MCP_HEADERS:
+            raise _fail(path, "headers", f"at most {MAX_MCP_HEADERS} headers", event_id)
+        headers = sorted(raw_headers.items())
+    auth = _string(t, "authorization", path, event_id, max_chars=8192, required=False)
+    description = _string(
+        t, "server_description", path, event_id, max_chars=MAX_DESCRIPTION_CHARS, required=False
+    )
+    return McpToolDef(
+        label,
+        url,
+        allowed,
+        approval,
+        always,
+        never,
+        tuple(headers),
+        auth,
+        description,
+        path,
+    )
+
+
+def _mcp_names(raw: Any, path: str, key: str, event_id: str | None) -> tuple[str, ...] | None:
+    """A list of tool names, or ``{"tool_names": [...]}`` (``read_only`` is not supported)."""
+    if raw is None:
+        return None
+    where = path + key
+    if isinstance(raw, dict):
+        _keys(raw, {"tool_names"}, where + ".", event_id)
+        raw = raw.get("tool_names", [])
+        where += ".tool_names"
+    if not isinstance(raw, list) or not all(isinstance(n, str) and len(n) <= 128 for n in raw):
+        raise InvalidEvent(
+            f"'{where}' must be a list of tool names (or {{'tool_names': [...]}})",
+            code="invalid_type",
+            param=where,
+            event_id=event_id,
+        )
+    if len(raw) > MAX_TOOLS:
+        raise InvalidEvent(
+            f"'{where}' names more than {MAX_TOOLS} tools", param=where, event_id=event_id
+        )
+    return tuple(raw)
+
+
+def _mcp_approval(
+    raw: Any, path: str, event_id: str | None
+) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """``require_approval``: ``"always"`` (the default), ``"never"``, or
+    ``{"always": {"tool_names": [...]}, "never": {"tool_names": [...]}}``."""
+    if raw is None:
+        return "always", (), ()
+    if raw in ("always", "never"):
+        return str(raw), (), ()
+    if not isinstance(raw, dict) or not raw:
+        raise _fail(
+            path,
+            "require_approval",
+            "require_approval must be 'always', 'never' or "
+            "{'always': {'tool_names': [...]}, 'never': {'tool_names': [...]}}",
+            event_id,
+        )
+    sub = f"{path}require_approval."
+    _keys(raw, {"always", "never"}, sub, event_id)
+    lists = []
+    for key in ("always", "never"):
+        part = raw.get(key)
+        if part is not None and not isinstance(part, dict):
+            raise _fail(
+                sub, key, f"'{sub}{key}' must be {{'tool_names': [...]}}", event_id, "invalid_type"
+            )
+        lists.append(_mcp_names(part, sub, key, event_id) if part is not None else ())
+    return "filter", lists[0] or (), lists[1] or ()
+
+
+def parse_mcp_approval_response(
+    obj: dict[str, Any], path: str, event_id: str | None
+) -> McpApprovalResponseItem:
+    """An ``mcp_approval_response`` item (the only MCP item a client adds)."""
+    _keys(obj, _ITEM_KEYS | {"approval_request_id", "approve", "reason"}, path, event_id)
+    request = _string(obj, "approval_request_id", path, event_id, max_chars=256)
+    assert request is not None
+    if "approve" not in obj:
+        raise _fail(
+            path,
+            "approve",
+            f"missing required parameter {path + 'approve'!r}",
+            event_id,
+            "missing_required_parameter",
+        )
+    if not isinstance(obj["approve"], bool):
+        raise _fail(path, "approve", "'approve' must be a boolean", event_id, "invalid_type")
+    reason = _string(obj, "reason", path, event_id, max_chars=4096, required=False)
+    item_id = _string(obj, "id", path, event_id, max_chars=256, required=False)
+    return McpApprovalResponseItem(request, obj["approve"], reason, item_id)

@@ -1,7 +1,9 @@
 """Function tools of one session: what the model may call, the calls it makes, their outputs.
 
 :class:`SessionTools` is per session. ``session.update`` replaces its tools, ``tool_choice``
-and ``parallel_tool_calls`` (checked as a whole: a named choice must name a declared tool);
+and ``parallel_tool_calls`` (checked as a whole: a named choice must name a declared tool,
+an MCP choice an offered server's tool, and no function may take the name of a tool the
+session runs itself: a built-in, or ``LABEL__...`` of an offered MCP server);
 ``response.create`` may override them for the next response only. While a reply is
 generated the model's call pieces are gathered here (:meth:`SessionTools.on_delta`); when
 the reply ends they become ``function_call`` items, announced in the protocol's order
@@ -28,7 +30,15 @@ from typing import Any
 from conversation import events as ev
 from conversation import tool_items
 from conversation.history import Conversation, Item
-from conversation.tool_schema import FunctionCallItem, FunctionCallOutputItem, ToolOptions
+from conversation.tool_schema import (
+    MCP_SEP,
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    McpChoice,
+    McpToolDef,
+    ToolOptions,
+    check_tool_names,
+)
 from llm.tools import CHOICES, ToolCallDelta, ToolSpec, ToolUse
 from seetalk.errors import InvalidEvent
 
@@ -57,20 +67,40 @@ class SessionTools:
     def __init__(self, emit: Callable[[dict[str, Any]], None]) -> None:
         self.emit = emit
         self.tools: tuple[ToolSpec, ...] = ()
-        self.choice = "auto"
+        self.choice: str | McpChoice = "auto"
         self.parallel = True
         self._next: ToolOptions | None = None  # response.create's override, one response
         self._calls: dict[str, dict[int, _Pending]] = {}  # reply id -> index -> call
         # tools the session runs itself (conversation/server_tools.py), seen by the model
         self.server_specs: Callable[[], tuple[ToolSpec, ...]] = lambda: ()
+        # the names of those of them that are not MCP tools (built-ins: a client's function
+        # may not take one), and the MCP servers a reply would offer given an event's mcp
+        # tools (None: unchanged; True: response.create's): label -> the names of the tools
+        # the model may call (None: not listed yet). Pure: for checks before anything applies
+        self.own_names: Callable[[], tuple[str, ...]] = lambda: ()
+        self.mcp_offered: Callable[
+            [tuple[McpToolDef, ...] | None, bool], dict[str, tuple[str, ...] | None]
+        ] = lambda decls, response: {}
+        # MCP tools (conversation/mcp.py): their declarations (for the session object) and
+        # the announcement of a call to one (an mcp_call item; None: not an MCP tool)
+        self.mcp: tuple[McpToolDef, ...] = ()
+        self.announce_mcp: Callable[[str, int, str, str, str], dict[str, Any] | None] = (
+            lambda reply_id, index, item_id, name, arguments: None
+        )
 
     # --- settings --------------------------------------------------------------------------
 
-    def _combined(self, opts: ToolOptions, param: str) -> tuple[tuple[ToolSpec, ...], str, bool]:
+    def _combined(
+        self, opts: ToolOptions, param: str
+    ) -> tuple[tuple[ToolSpec, ...], str | McpChoice, bool]:
         tools = self.tools if opts.tools is None else opts.tools
         choice = self.choice if opts.tool_choice is None else opts.tool_choice
         parallel = self.parallel if opts.parallel_tool_calls is None else opts.parallel_tool_calls
-        if choice not in CHOICES and not any(t.name == choice for t in tools):
+        if (
+            isinstance(choice, str)
+            and choice not in CHOICES
+            and not any(t.name == choice for t in tools)
+        ):
             raise InvalidEvent(
                 f"tool_choice names {choice!r}, which is not one of the tools "
                 f"({', '.join(t.name for t in tools) or 'none declared'})",
@@ -79,23 +109,59 @@ class SessionTools:
             )
         return tools, choice, parallel
 
+    def _against_server_tools(self, opts: ToolOptions, param: str, response: bool) -> None:
+        """The client's function tools take no name of the session's own tools (a built-in,
+        or ``LABEL__...`` of an MCP server offered), and an MCP ``tool_choice`` names an
+        offered server (and one of its tools, once listed)."""
+        offered = self.mcp_offered(opts.mcp, response)
+        if opts.tools is not None:
+            paths = opts.paths or tuple(f"{param}.tools[{i}]." for i in range(len(opts.tools)))
+            check_tool_names(
+                opts.tools,
+                paths,
+                taken={n: f"the built-in tool {n!r} of this server" for n in self.own_names()},
+                namespaces={f"{label}{MCP_SEP}": f"MCP server {label!r}" for label in offered},
+            )
+        choice = self.choice if opts.tool_choice is None else opts.tool_choice
+        if not isinstance(choice, McpChoice):
+            return
+        if choice.server_label not in offered:
+            raise InvalidEvent(
+                f"tool_choice names MCP server {choice.server_label!r}, which this session "
+                f"does not offer ({', '.join(offered) or 'none'})",
+                code="invalid_value",
+                param=f"{param}.tool_choice.server_label",
+            )
+        listed = offered[choice.server_label]
+        if choice.name is not None and listed is not None and choice.name not in listed:
+            raise InvalidEvent(
+                f"tool_choice names {choice.name!r}, which is not a tool of MCP server "
+                f"{choice.server_label!r} this session may call ({', '.join(listed) or 'none'})",
+                code="invalid_value",
+                param=f"{param}.tool_choice.name",
+            )
+
     def check(self, opts: ToolOptions) -> None:
         """Raise :class:`InvalidEvent` if ``session.update`` with ``opts`` would be invalid
         (call before applying anything, so a refusal changes nothing)."""
         self._combined(opts, "session")
+        self._against_server_tools(opts, "session", False)
 
     def update(self, opts: ToolOptions) -> None:
         """Apply a ``session.update``'s tool fields (checked by :meth:`check`)."""
         self.tools, self.choice, self.parallel = self._combined(opts, "session")
+        if opts.mcp is not None:
+            self.mcp = opts.mcp
 
     def next_response(self, opts: ToolOptions) -> None:
         """``response.create``'s tool fields, for the next response only."""
         self._combined(opts, "response")
+        self._against_server_tools(opts, "response", True)
         self._next = opts if opts.given else None
 
     def describe(self) -> dict[str, Any]:
         """The tool fields of the session object."""
-        d = ToolOptions(self.tools, self.choice, self.parallel).to_dict()
+        d = ToolOptions(self.tools, self.choice, self.parallel, self.mcp).to_dict()
         d.setdefault("tools", [])
         return d
 
@@ -104,9 +170,44 @@ class SessionTools:
         opts, self._next = self._next, None
         tools, choice, parallel = self._combined(opts or ToolOptions(), "response")
         names = {t.name for t in tools}
-        tools = (*tools, *(t for t in self.server_specs() if t.name not in names))
+        server = tuple(t for t in self.server_specs() if t.name not in names)
+        tools = (*tools, *server)
+        if isinstance(choice, McpChoice):  # forced like a named function (llm/tools.py)
+            tools, choice = self._mcp_choice(choice, tools, server)
         use = ToolUse(tools, choice, parallel)
         return use if use.active else None
+
+    def _mcp_choice(
+        self, choice: McpChoice, tools: tuple[ToolSpec, ...], server: tuple[ToolSpec, ...]
+    ) -> tuple[tuple[ToolSpec, ...], str]:
+        """An MCP ``tool_choice`` as the model sees it: a named tool is the named choice of
+        its ``LABEL__tool``; a server without a name is ``required`` over its tools only. If
+        they are not offered now (the server is not listed, or failed), an ``error`` event
+        says so and the reply chooses freely (``auto``)."""
+        prefix = f"{choice.server_label}{MCP_SEP}"
+        chosen = tuple(
+            t
+            for t in server
+            if t.name.startswith(prefix) and choice.name in (None, t.name[len(prefix) :])
+        )
+        if not chosen:
+            what = prefix + choice.name if choice.name else f"a tool of {choice.server_label!r}"
+            self.emit(
+                ev.error(
+                    {
+                        "type": "invalid_request_error",
+                        "code": "mcp_tool_unavailable",
+                        "message": f"tool_choice forces {what}, which the MCP server does not "
+                        "offer now (not listed yet, or it failed); this reply chooses freely",
+                        "param": "tool_choice",
+                        "event_id": None,
+                    }
+                )
+            )
+            return tools, "auto"
+        if choice.name is not None:
+            return tools, chosen[0].name
+        return chosen, "required"
 
     # --- the model's calls -----------------------------------------------------------------
 
@@ -136,6 +237,12 @@ class SessionTools:
         items: list[dict[str, Any]] = []
         for n, (_, call) in enumerate(sorted(calls.items())):
             index = first_index + n
+            mcp = self.announce_mcp(
+                reply_id, index, call.item_id, call.name, call.arguments or "{}"
+            )
+            if mcp is not None:  # an MCP server's tool: an mcp_call item (conversation/mcp.py)
+                items.append(mcp)
+                continue
             item = Item(
                 call.item_id,
                 "assistant",

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from seetalk.config import TurnSettings
 
@@ -95,6 +95,15 @@ class UtteranceStarted:
     """Speech began at ``t`` (onset, before the VAD confirmed it): start recognizing."""
 
     t: float
+
+
+def for_model(turn: TurnSettings, has_eot_model: bool) -> TurnSettings:
+    """The settings the turn-taker runs on: ``semantic_vad`` on a server without the
+    end-of-turn model ends turns on silence alone (``silence_ms``, which its eagerness
+    chose), not on the long wait for a verdict that never comes."""
+    if turn.eot == "smart_turn" and turn.eagerness and not has_eot_model:
+        return replace(turn, eot="silence")
+    return turn
 
 
 @dataclass(frozen=True)
@@ -262,6 +271,11 @@ class TurnTaker:
     @property
     def barge_pending(self) -> bool:
         return self._barge is not None
+
+    @property
+    def verdict(self) -> bool | None:
+        """The end-of-turn model's verdict on the last silence (``None``: none came)."""
+        return self._verdict
 
     # --- voice activity ----------------------------------------------------------------------
 

@@ -267,9 +267,11 @@ class Client:
         video: str | bool | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
         max_events: int = 10_000,
+        resume: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.key = key
+        self.resume = resume  # a resume token: offer for that dropped session (docs/webrtc.md)
         self.mic = SpeechSource()
         self.camera = CameraSource(video if isinstance(video, str) else None) if video else None
         self.recorder = ReplyRecorder()
@@ -315,6 +317,7 @@ class Client:
         async with httpx.AsyncClient(timeout=limit_s) as http:
             r = await http.post(
                 f"{self.url}/offer",
+                params={"resume": self.resume} if self.resume else None,
                 headers=headers,
                 json={"sdp": pc.localDescription.sdp, "type": "offer"},
             )
@@ -373,6 +376,20 @@ class Client:
             return await asyncio.wait_for(fut, limit_s)
         finally:
             self._waiters.remove((pred, fut))
+
+    @property
+    def resume_token(self) -> str | None:
+        """The token of the last ``session.created``: pass it as ``resume`` to a new
+        :class:`Client` to come back to this session after a drop."""
+        created = self.of_type("session.created")
+        return created[-1]["session"].get("seetalk", {}).get("resume_token") if created else None
+
+    def vanish(self) -> None:
+        """Stop sending any media without closing the connection: to the server, the
+        network went away (it notices by its media timeout)."""
+        self.mic.stop()
+        if self.camera is not None:
+            self.camera.stop()
 
     def of_type(self, type_: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("type") == type_]

@@ -2,7 +2,12 @@
 
 Threading: the model is loaded lazily, once, and every call into llama.cpp (load,
 generation, free) runs on ONE dedicated single-thread executor per model, so the event loop
-never blocks on it and requests to the same model run one after another.
+never blocks on it and requests to the same model run one after another. Which request goes
+next is not decided here: sessions reach the model through the engine's ``llm`` role
+(``models.engine.Engine.llm_for``), which lets one generation at a time through, ordered by
+who waits for it and fair between sessions. A whole generation is the unit: llama.cpp holds
+one context (KV cache) per model, so a second generation interleaved token by token would
+evict the first's prompt and make it evaluate again.
 
 Tokens go back to the loop through a bounded :class:`asyncio.Queue` fed with
 ``loop.call_soon_threadsafe``. Overflow policy: backpressure. When ``queue_size`` deltas

@@ -6,6 +6,15 @@ behind itself, never behind another's, ordered by what a person waits for and sh
 between sessions. A role whose model runs
 on another machine (``asr_base_url``, ``tts_base_url``, ``llm_base_url``) is an HTTP client
 with the same interface, called in the same executor (see :mod:`voice.remote`).
+
+The language model is scheduled too (:meth:`Engine.llm_for`): a session's generation takes
+the ``llm`` role for its whole length, at the priority of who waits for it (a turn's reply
+at ``FIRST``, other responses at ``REST``), fairly between sessions. The granularity is one
+whole generation: llama-cpp-python holds one context per model and has no parallel slots
+in-process, so two generations cannot interleave token by token without one evicting the
+other's cache (its prompt would be evaluated again), and preemption happens between
+generations only. A remote model (``llm_base_url``) is not scheduled here: its server
+batches concurrent requests itself (docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -13,12 +22,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llm.backend import ChatBackend
+from llm.backend import ChatBackend, ChatMessage, GenerationSettings
 from llm.factory import make_backend
-from models.scheduler import RoleScheduler
+from llm.openai_compat import OpenAIChatBackend
+from llm.tools import ToolCallDelta, ToolUse, tool_stream
+from models.scheduler import Priority, RoleScheduler
 from seetalk.config import ModelConfig
 from seetalk.errors import ModelNotFound
 from vision.scene import SceneDescriber
@@ -48,6 +60,7 @@ class Engine:
     vad_executor: RoleScheduler = field(default_factory=lambda: RoleScheduler("vad"))
     vision_executor: RoleScheduler = field(default_factory=lambda: RoleScheduler("vision"))
     eot_executor: RoleScheduler = field(default_factory=lambda: RoleScheduler("eot"))
+    llm_executor: RoleScheduler = field(default_factory=lambda: RoleScheduler("llm"))
     eot: SmartTurn | None = None  # the end-of-turn model, when its package is installed
 
     def __post_init__(self) -> None:
@@ -135,6 +148,7 @@ class Engine:
             self.vad_executor,
             self.vision_executor,
             self.eot_executor,
+            self.llm_executor,
         )
 
     def load_stats(self) -> dict[str, dict[str, object]]:
@@ -145,6 +159,61 @@ class Engine:
         """A session ended: its fair-share accounts go."""
         for role in self.executors:
             role.forget(session)
+
+    def llm_for(self, session: str, priority: Priority) -> ChatBackend:
+        """The language model as ``session`` uses it at ``priority``: each generation waits
+        for its turn on the ``llm`` role. A remote model is returned as it is (its server
+        batches concurrent requests)."""
+        if isinstance(self.backend, OpenAIChatBackend):
+            return self.backend
+        return ScheduledBackend(self.backend, self.llm_executor, session, priority)
+
+
+class ScheduledBackend:
+    """A :class:`~llm.backend.ChatBackend` whose every generation holds one worker of a
+    :class:`RoleScheduler` (``hold``) from before its first token to its end. The model is
+    the engine's: :meth:`aclose` closes nothing. Cancelling the consumer is safe, as for
+    the model's own ``stream()``: the role is released and the generation stopped."""
+
+    def __init__(
+        self, inner: ChatBackend, role: RoleScheduler, session: str, priority: Priority
+    ) -> None:
+        self.inner, self.role, self.session, self.priority = inner, role, session, priority
+        self.name = inner.name
+        self.supports_images = inner.supports_images
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], settings: GenerationSettings
+    ) -> AsyncGenerator[str, None]:
+        async with self.role.hold(self.session, self.priority, kind="generation"):
+            stream = self.inner.stream(messages, settings)
+            try:
+                async for text in stream:
+                    yield text
+            finally:
+                await _close(stream)
+
+    async def stream_tools(
+        self, messages: Sequence[ChatMessage], settings: GenerationSettings, tools: ToolUse
+    ) -> AsyncGenerator[str | ToolCallDelta, None]:
+        """The model's own tool handling (:func:`llm.tools.tool_stream`), scheduled."""
+        async with self.role.hold(self.session, self.priority, kind="generation"):
+            stream = tool_stream(self.inner, messages, settings, tools)
+            try:
+                async for delta in stream:
+                    yield delta
+            finally:
+                await _close(stream)
+
+    async def aclose(self) -> None:
+        """The engine owns the model: nothing to close here."""
+
+
+async def _close(stream: AsyncIterator[object]) -> None:
+    """Close ``stream`` (when it is a generator) now, so the model stops before the role is
+    released, not whenever the garbage collector gets to it."""
+    if isinstance(stream, AsyncGenerator):
+        await stream.aclose()
 
 
 def _partial_transcriber(cfg: ModelConfig) -> Transcriber | None:

@@ -25,16 +25,23 @@ Bounds and overflow policies (per role):
   skippable work does not start while the other role has must-run work queued or running.
 
 Must-run jobs are never dropped. Cancelling the future of a queued job removes it.
+
+Work that is not one blocking call (a language model's streamed generation, whose tokens
+the event loop consumes) takes the role for its whole length with :meth:`RoleScheduler.hold`:
+an async context that waits for its turn, keeps a worker until it exits, and is charged to
+its session for that time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import contextlib
 import enum
 import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -293,6 +300,52 @@ class RoleScheduler(concurrent.futures.Executor):
         """An executor whose every job is ``session``'s at ``priority``."""
         return Lane(self, session, priority, kind, skippable)
 
+    @contextlib.asynccontextmanager
+    async def hold(
+        self, session: str, priority: Priority, *, kind: str = "job"
+    ) -> AsyncIterator[None]:
+        """Take one worker of the role for ``session`` at ``priority`` until the block exits.
+
+        Waits for the job's turn; the worker thread then waits, idle, while the block's body
+        runs on the loop (e.g. a streamed generation whose compute runs in the model's own
+        thread): the role's order and fair share cover work that is not one blocking call.
+        Cancelling while waiting removes the job; cancelling inside releases the worker.
+        Raises ``RuntimeError`` if the role is closed (or closes while this waits)."""
+        loop = asyncio.get_running_loop()
+        turn: asyncio.Future[None] = loop.create_future()
+        release = threading.Event()
+
+        def granted(error: BaseException | None) -> None:
+            if turn.done():
+                return
+            if error is None:
+                turn.set_result(None)
+            else:
+                turn.set_exception(error)
+
+        def run() -> None:  # on the worker: hold it until the block exits
+            try:
+                loop.call_soon_threadsafe(granted, None)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                return
+            release.wait()
+
+        def ended(f: concurrent.futures.Future[Any]) -> None:  # dropped or shut down
+            if f.cancelled() or f.exception() is not None:
+                error = RuntimeError(f"{self.name} scheduler closed")
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(granted, error)
+
+        future = self.submit_job(run, session=session, priority=priority, kind=kind)
+        future.add_done_callback(ended)
+        try:
+            await turn
+            yield
+        finally:
+            turn.cancel()  # no-op once granted; else nothing is left to hear the answer
+            release.set()  # a running job ends now
+            future.cancel()  # a queued one goes
+
     def forget(self, session: str) -> None:
         with self._cond:
             self.schedule.forget(session)
@@ -309,7 +362,8 @@ class RoleScheduler(concurrent.futures.Executor):
 
     def stats(self) -> dict[str, Any]:
         """Queue depth by priority, jobs running, done and skipped, mean wait by priority
-        (ms), and seconds of work done: for ``/metrics`` and ``/healthz``."""
+        (ms; and the totals it comes from), and seconds of work done: for ``/metrics`` and
+        ``/healthz``."""
         with self._cond:
             s = self.schedule
             return {
@@ -323,6 +377,11 @@ class RoleScheduler(concurrent.futures.Executor):
                     p.name.lower(): round(1000 * s.wait_s[p] / s.started_n[p], 1)
                     for p in Priority
                     if s.started_n[p]
+                },
+                # cumulative, for waits over an interval (bench/capacity.py)
+                "started": {p.name.lower(): s.started_n[p] for p in Priority if s.started_n[p]},
+                "waited_s": {
+                    p.name.lower(): round(s.wait_s[p], 3) for p in Priority if s.started_n[p]
                 },
             }
 

@@ -7,7 +7,13 @@ OpenAI APIs that vLLM, llama.cpp's server and OpenAI speak.
 - ``POST /v1/audio/speech``: JSON ``input``, ``response_format`` (``pcm``: 24 kHz mono s16le,
   streamed clause by clause as each is synthesized; ``wav``) -> piper (``--voice``);
 - ``POST /v1/chat/completions``: OpenAI chat messages (images as data URLs), streamed as
-  server-sent events or whole -> the in-process llama.cpp model (``--llm``, ``--mmproj``);
+  server-sent events or whole -> the in-process llama.cpp model (``--llm``, ``--mmproj``).
+  ``tools`` (function tools), ``tool_choice`` and ``parallel_tool_calls`` as OpenAI's: a
+  required or named call is written under a grammar built from the tools' JSON Schemas
+  (llm/tools.py), so its arguments always parse, and comes back as ``tool_calls`` (streamed
+  as ``delta.tool_calls`` pieces, ``finish_reason: "tool_calls"``); with ``auto`` the small
+  model answers in words. Assistant ``tool_calls`` and ``tool`` messages are accepted in the
+  history;
 - ``GET /v1/models``: what is served; ``GET /healthz``: open, for probes.
 
 ``model`` and ``voice`` fields are accepted and ignored: each role has one model. With an
@@ -40,7 +46,8 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from llm.backend import ChatBackend, ChatMessage, GenerationSettings, Role
+from llm.backend import ChatBackend, ChatMessage, GenerationSettings, Role, ToolCall
+from llm.tools import CHOICES, ToolCallDelta, ToolSpec, ToolUse, tool_stream
 from seetalk.config import ModelConfig
 from seetalk.errors import (
     BackendTimeout,
@@ -60,6 +67,10 @@ SPEECH_RATE = 24_000  # the OpenAI speech API's pcm
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # as OpenAI's transcription API
 MAX_JSON_BYTES = 8 * 1024 * 1024  # chat requests carry images
 MAX_SPEECH_CHARS = 4096  # as OpenAI's speech API
+MAX_TOOLS = 64  # as the Realtime API's session.tools (conversation/tool_schema.py)
+MAX_TOOL_SCHEMA_BYTES = 32 * 1024
+MAX_TOOL_DESCRIPTION_CHARS = 4096
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass
@@ -217,6 +228,7 @@ _ROLE_OF: dict[Any, Role] = {
     "developer": "system",
     "user": "user",
     "assistant": "assistant",
+    "tool": "tool",
 }
 
 
@@ -251,8 +263,135 @@ def chat_messages(raw: Any) -> list[ChatMessage]:
             raise _HttpError(400, f"messages[{i}].content is not text", code="bad_messages")
         if images and role != "user":
             raise _HttpError(400, "images belong on user messages only", code="bad_messages")
-        out.append(ChatMessage(_ROLE_OF[role], "\n".join(texts), tuple(images)))
+        calls = _tool_calls(m.get("tool_calls"), i) if role == "assistant" else ()
+        call_id = m.get("tool_call_id")
+        if role == "tool" and not isinstance(call_id, str):
+            raise _HttpError(
+                400, f"messages[{i}] (role tool) needs a tool_call_id", code="bad_messages"
+            )
+        out.append(
+            ChatMessage(
+                _ROLE_OF[role],
+                "\n".join(texts),
+                tuple(images),
+                tool_calls=calls,
+                tool_call_id=call_id if role == "tool" else None,
+            )
+        )
     return out
+
+
+def _tool_calls(raw: Any, i: int) -> tuple[ToolCall, ...]:
+    """An assistant message's ``tool_calls`` (OpenAI shape)."""
+    if raw is None:
+        return ()
+    bad = _HttpError(
+        400,
+        f"messages[{i}].tool_calls must be a list of "
+        '{"id", "type": "function", "function": {"name", "arguments"}}',
+        code="bad_messages",
+    )
+    if not isinstance(raw, list):
+        raise bad
+    calls = []
+    for c in raw:
+        fn = c.get("function") if isinstance(c, dict) else None
+        if not isinstance(fn, dict) or not isinstance(c.get("id"), str):
+            raise bad
+        name, arguments = fn.get("name"), fn.get("arguments", "")
+        if not isinstance(name, str) or not isinstance(arguments, str):
+            raise bad
+        calls.append(ToolCall(c["id"], name, arguments))
+    return tuple(calls)
+
+
+def tool_use(body: dict[str, Any]) -> ToolUse | None:
+    """``tools``, ``tool_choice`` and ``parallel_tool_calls`` of a chat request (OpenAI's
+    shapes), checked: function tools only, named 1-64 letters, digits, ``_`` or ``-``,
+    parameters a valid JSON Schema of an object; a named choice names a declared tool."""
+    raw, choice_raw = body.get("tools"), body.get("tool_choice")
+    parallel = body.get("parallel_tool_calls", True)
+    if not isinstance(parallel, bool):
+        raise _bad_tools("parallel_tool_calls must be a boolean", "parallel_tool_calls")
+    if raw is None or raw == []:
+        if choice_raw not in (None, "none", "auto"):
+            raise _bad_tools("tool_choice needs tools", "tool_choice")
+        return None
+    if not isinstance(raw, list) or len(raw) > MAX_TOOLS:
+        raise _bad_tools(f"tools must be a list of at most {MAX_TOOLS} function tools", "tools")
+    specs = [_tool_spec(t, i) for i, t in enumerate(raw)]
+    names = [t.name for t in specs]
+    if len(set(names)) != len(names):
+        raise _bad_tools("two tools share a name", "tools")
+    choice: Any = "auto" if choice_raw is None else choice_raw
+    if isinstance(choice, dict):
+        fn = choice.get("function")
+        choice = (
+            fn.get("name") if choice.get("type") == "function" and isinstance(fn, dict) else None
+        )
+        if choice not in names:
+            raise _bad_tools("tool_choice must name one of the tools", "tool_choice")
+    elif choice not in CHOICES:
+        raise _bad_tools(f"tool_choice must be one of {list(CHOICES)} or a function", "tool_choice")
+    return ToolUse(tuple(specs), choice, parallel)
+
+
+def _tool_spec(t: Any, i: int) -> ToolSpec:
+    fn = t.get("function") if isinstance(t, dict) and t.get("type") == "function" else None
+    if not isinstance(fn, dict):
+        raise _bad_tools(f'tools[{i}] must be {{"type": "function", "function": {{...}}}}', "tools")
+    name, description = fn.get("name"), fn.get("description") or ""
+    if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
+        raise _bad_tools(f"tools[{i}].function.name must be 1-64 letters, digits, _ or -", "tools")
+    if not isinstance(description, str) or len(description) > MAX_TOOL_DESCRIPTION_CHARS:
+        raise _bad_tools(f"tools[{i}].function.description is too long or not text", "tools")
+    params = fn.get("parameters", {"type": "object", "properties": {}})
+    where = f"tools[{i}].function.parameters"
+    if (
+        not isinstance(params, dict)
+        or params.get("type", "object") != "object"
+        or len(json.dumps(params)) > MAX_TOOL_SCHEMA_BYTES
+    ):
+        raise _bad_tools(f"{where} must be a JSON Schema of an object (at most 32 KB)", "tools")
+    import jsonschema  # imported when a tool is declared
+
+    try:
+        jsonschema.Draft202012Validator.check_schema(params)
+    except jsonschema.SchemaError as exc:
+        raise _bad_tools(f"{where} is not a valid JSON Schema: {exc.message}", "tools") from None
+    return ToolSpec(name, description, params)
+
+
+def _bad_tools(message: str, param: str) -> _HttpError:
+    return _HttpError(400, message, code="bad_tools", param=param)
+
+
+class _Calls:
+    """The calls of one completion, as OpenAI writes them: an id, type and name with each
+    call's first piece, then its arguments in pieces."""
+
+    def __init__(self) -> None:
+        self.calls: dict[int, dict[str, Any]] = {}
+
+    def piece(self, d: ToolCallDelta) -> dict[str, Any]:
+        fn: dict[str, Any] = {"arguments": d.arguments}
+        out: dict[str, Any] = {"index": d.index, "function": fn}
+        call = self.calls.get(d.index)
+        if call is None:
+            call_id = d.call_id or f"call_{secrets.token_hex(12)}"
+            call = {
+                "id": call_id,
+                "type": "function",
+                "function": {"name": d.name or "", "arguments": ""},
+            }
+            self.calls[d.index] = call
+            out.update(id=call_id, type="function")
+            fn["name"] = d.name or ""
+        call["function"]["arguments"] += d.arguments
+        return out
+
+    def whole(self) -> list[dict[str, Any]]:
+        return [self.calls[i] for i in sorted(self.calls)]
 
 
 def _data_url(value: Any, i: int) -> bytes:
@@ -418,28 +557,38 @@ def create_models_app(models: ServedModels, *, api_key: str | None = None) -> Fa
         body = _json_object(await _read_body(request, MAX_JSON_BYTES))
         messages = chat_messages(body.get("messages"))
         settings = generation_settings(body)
+        tools = tool_use(body)
         ident, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
         model = models.names["llm"]
-        deltas = backend.stream(messages, settings)
+        deltas = tool_stream(backend, messages, settings, tools)
+        calls = _Calls()
         if not body.get("stream"):
+            texts: list[str] = []
             try:
-                text = "".join([d async for d in deltas])
+                async for d in deltas:
+                    if isinstance(d, str):
+                        texts.append(d)
+                    else:
+                        calls.piece(d)
             finally:
                 await _aclose(deltas)
-            message = {"role": "assistant", "content": text}
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(texts)}
+            if calls.calls:
+                message.update(content=message["content"] or None, tool_calls=calls.whole())
+            finish = "tool_calls" if calls.calls else "stop"
             return JSONResponse(
                 {
                     "id": ident,
                     "object": "chat.completion",
                     "created": created,
                     "model": model,
-                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                    "choices": [{"index": 0, "message": message, "finish_reason": finish}],
                 }
             )
         it = aiter(deltas)
         try:
             # The first token before the head, so a refusal is an HTTP error, not a cut.
-            first: str | None = await anext(it)
+            first: str | ToolCallDelta | None = await anext(it)
         except StopAsyncIteration:
             first = None
         except BaseException:
@@ -456,13 +605,19 @@ def create_models_app(models: ServedModels, *, api_key: str | None = None) -> Fa
             }
             return f"data: {json.dumps(obj)}\n\n"
 
+        def delta_of(d: str | ToolCallDelta) -> dict[str, Any]:
+            return {"content": d} if isinstance(d, str) else {"tool_calls": [calls.piece(d)]}
+
         async def events() -> AsyncIterator[str]:
             try:
-                yield chunk({"role": "assistant", "content": first or ""}, None)
+                if first is None or isinstance(first, str):
+                    yield chunk({"role": "assistant", "content": first or ""}, None)
+                else:
+                    yield chunk({"role": "assistant", "content": None, **delta_of(first)}, None)
                 if first is not None:
                     async for delta in it:
-                        yield chunk({"content": delta}, None)
-                yield chunk({}, "stop")
+                        yield chunk(delta_of(delta), None)
+                yield chunk({}, "tool_calls" if calls.calls else "stop")
             except SeetalkError as exc:  # after the head: an error inside the stream
                 err = {"message": exc.message, "type": exc.type, "code": exc.code}
                 yield f"data: {json.dumps({'error': err})}\n\n"

@@ -10,7 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from seetalk.config import ModelConfig, ServerConfig, SessionSettings, model_config_from_env
+from seetalk.config import (
+    McpConfig,
+    ModelConfig,
+    ServerConfig,
+    SessionSettings,
+    builtin_tools_from_env,
+    model_config_from_env,
+)
 from seetalk.errors import SeetalkError
 
 
@@ -104,6 +111,38 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=30.0,
         help="on SIGTERM: stop admitting, let open sessions run up to this many seconds",
+    )
+    s.add_argument(
+        "--resume-window",
+        type=float,
+        default=60.0,
+        help="seconds a dropped session waits for its client to resume it (0: never)",
+    )
+    s.add_argument(
+        "--tools",
+        help="built-in tools every session's model may call: time,look (default none; "
+        "env SEETALK_TOOLS)",
+    )
+    s.add_argument(
+        "--mcp",
+        action="append",
+        default=[],
+        metavar="NAME=COMMAND|URL",
+        help="an MCP server whose tools every session may use: NAME=COMMAND ARGS (stdio) or "
+        "NAME=https://... (streamable HTTP); repeatable (docs/tools.md)",
+    )
+    s.add_argument(
+        "--mcp-allow-url",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="a URL prefix that a session's mcp tool may name in server_url (default none; "
+        "repeatable)",
+    )
+    s.add_argument(
+        "--timezone",
+        help="IANA time zone of the time tool, e.g. Europe/Paris (default UTC; a session "
+        "sets its own with seetalk.timezone; env SEETALK_TIMEZONE)",
     )
     _model_args(s)
 
@@ -275,7 +314,13 @@ def _serve(args: argparse.Namespace, cfg: ModelConfig) -> int:
         docs=args.docs,
         token_secret=args.token_secret or os.environ.get("SEETALK_TOKEN_SECRET") or None,
         drain_timeout_s=args.drain_timeout,
+        resume_window_s=args.resume_window,
+        tools=builtin_tools_from_env(args.tools, args.timezone),
+        mcp=McpConfig(tuple(args.mcp), tuple(args.mcp_allow_url)),
     )
+    if server_cfg.resume_window_s < 0:
+        print("seetalk: --resume-window is seconds, 0 or more", file=sys.stderr)
+        return 2
     if server_cfg.turn_urls and not server_cfg.turn_secret:
         print("seetalk: --turn-url needs --turn-secret (or SEETALK_TURN_SECRET)", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from seetalk.errors import ConfigError
 
@@ -50,7 +51,10 @@ class ModelConfig:
     llm_timeout_s: float = 20.0
     mmproj: str | None = None
     asr_threads: int = 2
-    llm_threads: int = 2
+    # One: the local model never has the cores to itself (finals, partials and the voice
+    # run beside it), and llama.cpp's threads wait for each other at every layer: on 2
+    # busy cores 2 threads were 3-20x slower than 1 (issue 8, docs/architecture.md).
+    llm_threads: int = 1
     asr_base_url: str | None = None
     asr_model: str = "whisper-1"
     asr_api_key: str | None = None
@@ -86,6 +90,7 @@ TURN_LIMITS: dict[str, Limit] = {
     "eot": (str, ("silence", "smart_turn"), None),
     "eot_complete_silence_ms": (int, 0, 10_000),
     "eot_incomplete_silence_ms": (int, 0, 10_000),
+    "eagerness": (str, ("", "low", "medium", "high", "auto"), None),
 }
 """Every :class:`TurnSettings` field and its range: the one table that both the settings
 objects and the ``session.update`` parser (``conversation/protocol.py``) check against."""
@@ -110,6 +115,7 @@ SESSION_LIMITS: dict[str, Limit] = {
     "transcription_prompt": (str, 0, 4000),
     "truncation": (str, ("auto", "disabled", "retention_ratio"), None),
     "retention_ratio": (float, 0.0, 1.0),
+    "timezone": (str, 0, 64),  # an IANA name ("" = the deployment's --timezone)
 }
 """Every :class:`SessionSettings` field but ``turn`` (see :data:`TURN_LIMITS`)."""
 
@@ -133,7 +139,21 @@ def check_setting(name: str, value: Any, limit: Limit) -> Any:
         raise ConfigError(f"{name} is longer than {hi} characters", param=name)
     elif kind in (int, float) and not lo <= value <= hi:
         raise ConfigError(f"{name} must be from {lo:g} to {hi:g}, got {value!r}", param=name)
+    if name == "timezone" and value and not is_time_zone(value):
+        raise ConfigError(
+            f"timezone must be an IANA time zone name such as 'Europe/Paris', got {value!r}",
+            param=name,
+        )
     return value
+
+
+def is_time_zone(name: str) -> bool:
+    """``name`` is an IANA time zone this machine knows (``Europe/Paris``, ``UTC``)."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return False
+    return True
 
 
 def check_settings(obj: Any, limits: dict[str, Limit]) -> None:
@@ -174,6 +194,9 @@ class TurnSettings:
       end-of-turn model hears the speech at the first silence: a complete turn ends after
       ``eot_complete_silence_ms``, an incomplete one, or one without a verdict yet, after
       ``eot_incomplete_silence_ms``). ``semantic_vad`` eagerness maps onto these.
+    - ``eagerness``: ``""`` for ``server_vad``; else the ``semantic_vad`` eagerness asked
+      for, which chose ``eot="smart_turn"`` and its two silences (and, for a server without
+      the end-of-turn model, ``silence_ms``): see ``conversation/settings.py``.
     """
 
     silence_ms: int = 500
@@ -191,6 +214,7 @@ class TurnSettings:
     eot: str = "silence"
     eot_complete_silence_ms: int = 200
     eot_incomplete_silence_ms: int = 2000
+    eagerness: str = ""
 
     def __post_init__(self) -> None:
         check_settings(self, TURN_LIMITS)
@@ -220,6 +244,8 @@ class SessionSettings:
     ``transcription_language`` (ISO-639-1, ``""``: detected) and ``transcription_prompt``
     go to the recognizer. ``truncation`` bounds the model input by its context in tokens
     (``conversation/budget.py``; ``retention_ratio`` for ``"retention_ratio"``).
+    ``timezone``: the person's IANA time zone, for the ``time`` built-in tool (``""``: the
+    deployment's, :class:`BuiltinTools`).
     """
 
     instructions: str = DEFAULT_INSTRUCTIONS
@@ -242,11 +268,88 @@ class SessionSettings:
     transcription_prompt: str = ""
     truncation: str = "auto"
     retention_ratio: float = 1.0
+    timezone: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.turn, TurnSettings):
             raise ConfigError("turn must be TurnSettings", param="turn")
         check_settings(self, SESSION_LIMITS)
+
+
+BUILTIN_TOOL_NAMES = ("time", "look")
+
+
+@dataclass(frozen=True)
+class BuiltinTools:
+    """Built-in tools a deployment switches on for every session (``--tools time,look``,
+    env ``SEETALK_TOOLS``; default none) and its default time zone (``--timezone``, env
+    ``SEETALK_TIMEZONE``; a session may set its own with ``seetalk.timezone``).
+
+    - ``time``: ``get_current_time``, the date and time in the session's time zone.
+    - ``look``: a fresh, sharp camera frame's scene notes (and the frame itself for a
+      vision-language model). See docs/tools.md.
+    """
+
+    names: tuple[str, ...] = ()
+    timezone: str = "UTC"
+
+    def __post_init__(self) -> None:
+        unknown = [n for n in self.names if n not in BUILTIN_TOOL_NAMES]
+        if unknown:
+            raise ConfigError(
+                f"unknown built-in tool {unknown[0]!r}: choose from {', '.join(BUILTIN_TOOL_NAMES)}",
+                param="tools",
+            )
+        if len(set(self.names)) != len(self.names):
+            raise ConfigError("a built-in tool is named twice", param="tools")
+        if not is_time_zone(self.timezone):
+            raise ConfigError(
+                f"timezone must be an IANA time zone name such as 'Europe/Paris', "
+                f"got {self.timezone!r}",
+                param="timezone",
+            )
+
+
+def builtin_tools_from_env(tools: str | None = None, timezone: str | None = None) -> BuiltinTools:
+    """:class:`BuiltinTools` from ``tools`` (comma-separated) and ``timezone`` (flags), else
+    ``SEETALK_TOOLS`` and ``SEETALK_TIMEZONE``."""
+    raw = tools if tools is not None else _env("TOOLS") or ""
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    return BuiltinTools(names, timezone or _env("TIMEZONE") or "UTC")
+
+
+@dataclass(frozen=True)
+class McpConfig:
+    """MCP servers of the deployment (docs/tools.md): started with the server, listed once,
+    offered to every session, closed at shutdown.
+
+    - ``servers``: ``NAME=COMMAND ARGS...`` (stdio) or ``NAME=https://...`` (streamable
+      HTTP), from ``--mcp`` (repeatable).
+    - ``allow_urls``: prefixes a session's ``mcp`` tool may name in ``server_url``
+      (``--mcp-allow-url``, repeatable; default none: a client may not make the server
+      connect where it chooses).
+    - ``max_per_session``: servers with a ``server_url`` one session may open at once.
+    """
+
+    servers: tuple[str, ...] = ()
+    allow_urls: tuple[str, ...] = ()
+    max_per_session: int = 4
+
+    def __post_init__(self) -> None:
+        for spec in self.servers:
+            name, sep, target = spec.partition("=")
+            if not sep or not name.strip() or not target.strip():
+                raise ConfigError(
+                    f"--mcp takes NAME=COMMAND or NAME=URL, got {spec!r}", param="mcp"
+                )
+        for prefix in self.allow_urls:
+            if not prefix.startswith(("http://", "https://")):
+                raise ConfigError(
+                    f"--mcp-allow-url takes an http(s) URL prefix, got {prefix!r}",
+                    param="mcp_allow_url",
+                )
+        if self.max_per_session < 0:
+            raise ConfigError("max_per_session must be 0 or more", param="mcp")
 
 
 @dataclass(frozen=True)
@@ -275,6 +378,12 @@ class ServerConfig:
     token_secret: str | None = None
     # SIGTERM: stop admitting, let open sessions run up to this long, then exit.
     drain_timeout_s: float = 30.0
+    # a session whose connection dropped waits this long for its client to resume it (0: off)
+    resume_window_s: float = 60.0
+    # built-in tools offered to every session's model, and the default time zone
+    tools: BuiltinTools = field(default_factory=BuiltinTools)
+    # MCP servers offered to every session and the URLs sessions may name (--mcp)
+    mcp: McpConfig = field(default_factory=McpConfig)
 
 
 def updated(obj: Any, changes: dict[str, Any], *, path: str = "") -> Any:

@@ -18,7 +18,10 @@ object that turns the roles' queue depths and busy seconds into a verdict: a rol
 must-run work (finals, first clauses) queues up, or that was busy more than
 ``max_utilisation`` of the last ``window_s``, refuses new sessions (503 ``overloaded`` with
 ``Retry-After``); ``/healthz`` and ``/metrics`` report the load and the capacity estimate
-(the sessions the busiest role could carry at ``max_utilisation``).
+(the sessions the busiest role could carry at ``max_utilisation``). An overloaded verdict
+holds for ``hold_s`` (the ``Retry-After``) after the last moment it was true: queues come and
+go within a turn, and a server that just said "full" does not admit the next offer a second
+later only because its queue happened to be empty then.
 """
 
 from __future__ import annotations
@@ -94,7 +97,9 @@ class LoadVerdict:
 class CapacityGate:
     """Pure: role statistics and times in, a verdict out. ``observe`` a snapshot whenever
     one is taken (each admission, ``/healthz``, ``/metrics``); utilisation is measured
-    between the oldest snapshot in the last ``window_s`` and the newest."""
+    between the oldest snapshot in the last ``window_s`` and the newest. A verdict is taken
+    at the newest snapshot's time; overloaded stays true ``hold_s`` (default
+    ``retry_after_s``) past the last snapshot that found it so."""
 
     def __init__(
         self,
@@ -103,12 +108,16 @@ class CapacityGate:
         max_utilisation: float = 0.85,
         max_must_run_queued: int = 2,
         retry_after_s: int = 5,
+        hold_s: float | None = None,
     ) -> None:
         self.window_s = window_s
         self.max_utilisation = max_utilisation
         self.max_must_run_queued = max_must_run_queued
         self.retry_after_s = retry_after_s
+        self.hold_s = float(retry_after_s if hold_s is None else hold_s)
         self._samples: deque[tuple[float, dict[str, float]]] = deque(maxlen=256)
+        self._over_until = float("-inf")  # overloaded holds until then (snapshot time)
+        self._over_reason = ""
 
     def observe(self, now: float, load: Mapping[str, Mapping[str, Any]]) -> None:
         busy = {
@@ -120,6 +129,19 @@ class CapacityGate:
             self._samples.popleft()
 
     def verdict(self, load: Mapping[str, Mapping[str, Any]], sessions: int) -> LoadVerdict:
+        now = self._samples[-1][0] if self._samples else None
+        v = self._verdict_now(load, sessions)
+        if now is None:
+            return v
+        if v.overloaded:
+            self._over_until, self._over_reason = now + self.hold_s, v.reason
+            return v
+        if now < self._over_until:
+            reason = f"{self._over_reason}, {now - (self._over_until - self.hold_s):.0f} s ago"
+            return LoadVerdict(True, reason, v.utilisation, v.capacity)
+        return v
+
+    def _verdict_now(self, load: Mapping[str, Mapping[str, Any]], sessions: int) -> LoadVerdict:
         util: dict[str, float] = {}
         if len(self._samples) >= 2:
             (t0, b0), (t1, b1) = self._samples[0], self._samples[-1]

@@ -9,6 +9,8 @@ websockets library as its WebSocket engine. Routes (see docs/webrtc.md, docs/sec
 - ``POST /offer``: JSON ``{"sdp", "type"}`` -> ``{"sdp", "type", "session_id"}``, or
   ``application/sdp`` -> ``application/sdp`` (201, ``Location`` and ``X-Session-Id`` headers).
 - ``POST /v1/realtime/calls`` the ``application/sdp`` form, where OpenAI Realtime clients post.
+  Either with ``?resume=<token>`` (``seetalk.resume_token`` of ``session.created``) resumes a
+  dropped session on the new peer connection (``Server.resume_session``).
 - ``DELETE /sessions/{id}`` and ``POST /v1/realtime/calls/{id}/hangup`` end a session.
 - ``POST /session-token`` a short-lived, single-use token and ICE servers (needs the API key
   when one is set).
@@ -46,7 +48,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conversation.contract import SessionSource, TransportSession
+from conversation.mcp import McpRegistry, UsesMcp
 from conversation.protocol import parse_client_object
+from conversation.resume import WINDOW_S, ResumeRefused, ResumeRegistry, binding
 from seetalk.config import ModelConfig, ServerConfig
 from seetalk.errors import ConfigError, SeetalkError, Unauthorized
 from server.admission import Admission, Refused
@@ -103,8 +107,11 @@ class Server:
         clock: Callable[[], float],
         peer_options: dict[str, Any],
         wall: Callable[[], float] = time.time,
+        resume_window_s: float = WINDOW_S,
     ):
         self.cfg = server_cfg
+        # WebRTC resumption (docs/webrtc.md): a dropped peer's session waits this long
+        self.resumes: ResumeRegistry[Peer] = ResumeRegistry(resume_window_s)
         self.clock = clock
         self.wall = wall
         self.metrics = Metrics()
@@ -128,6 +135,27 @@ class Server:
         else:
             self.admission.source = cast(SessionSource, engine)
         self.video_executor = ThreadPoolExecutor(2, thread_name_prefix="seetalk-video")
+        self.mcp = McpRegistry(server_cfg.mcp)  # --mcp servers, started by the lifespan
+        self.startup_error: str | None = None
+
+    async def start_mcp(self) -> None:
+        """Start the deployment's MCP servers (before any session); one that fails fails
+        start-up with a :class:`ConfigError` naming it."""
+        try:
+            await self.mcp.start()
+        except ConfigError as exc:
+            self.startup_error = exc.message
+            log.error("%s", exc.message)
+            raise
+        self.attach_mcp()
+
+    def attach_mcp(self) -> None:
+        """Give the session source the MCP servers (every session it opens offers them)."""
+        source = self.admission.source
+        if isinstance(source, UsesMcp):
+            source.mcp = self.mcp
+        elif source is not None and self.mcp.servers:
+            log.warning("the session source %s cannot offer MCP servers", type(source).__name__)
 
     @property
     def peers(self) -> dict[str, Any]:
@@ -153,6 +181,7 @@ class Server:
         assert self.factory is not None
         try:
             self.admission.source = await asyncio.to_thread(self.factory)
+            self.attach_mcp()
             log.info("engine ready")
         except Exception as exc:
             self.admission.source_error = f"{type(exc).__name__}: {exc}"
@@ -210,6 +239,12 @@ class Server:
             except BaseException:
                 await session.aclose()
                 raise
+            if self.resumes.window_s > 0:  # its session.created carries a resume token
+                peer.resumes = self.resumes
+                peer.bound_to = binding(
+                    credential,
+                    is_token=credential is not None and not self.auth.is_api_key(credential),
+                )
             try:
                 if initial:  # through the one parser, as if sent on the data channel
                     await session.handle_client_event(
@@ -225,6 +260,31 @@ class Server:
                 raise
             slot.admit(peer)
             return peer, answer
+
+    async def resume_session(
+        self, sdp: str, token: str, credential: str | None
+    ) -> tuple[Peer, str]:
+        """A new peer connection for the session of resume ``token``: the same session (a
+        slot it never gave up), its tracks and data channel attached to it. Raises
+        :class:`HttpError`: 401 (credential), 404 (unknown or used token), 410 (expired),
+        403 (another credential than the one that opened the session), 400 (bad SDP:
+        the session ends)."""
+        now = self.clock()
+        grant = self.auth.verify(credential, now)  # Unauthorized -> 401
+        try:
+            bound = binding(credential, is_token=grant.nonce is not None)
+            peer = self.resumes.claim(token, bound, now)
+        except ResumeRefused as exc:
+            self.admission.refuse(exc.code)
+            raise HttpError(exc.status, exc.code, exc.message) from exc
+        self.auth.spend(grant, now)
+        try:
+            answer = await peer.resume(sdp)
+        except ConnectionError as exc:
+            raise HttpError(410, "resume_token_expired", "the session ended") from exc
+        except Exception as exc:
+            raise _offer_error(exc) from exc
+        return peer, answer
 
     async def close_all(self) -> None:
         await self.admission.close_all()
@@ -325,6 +385,7 @@ def create_app(
     clock: Callable[[], float] = time.monotonic,
     peer_options: dict[str, Any] | None = None,
     realtime_ws: bool = True,
+    resume_window_s: float | None = None,
 ) -> FastAPI:
     """The app around a :class:`~conversation.contract.SessionSource`, or a loader that
     returns one (run in a thread at start-up).
@@ -332,17 +393,25 @@ def create_app(
     ``session_factory(source)`` makes a WebRTC session (default: ``source.new_session(
     playout="paced")``); ``peer_options`` go to :class:`~server.webrtc.Peer` (timeouts, video
     rate). ``realtime_ws`` adds the OpenAI Realtime WebSocket route of ``server.realtime_ws``.
+    A dropped session of either transport waits ``resume_window_s`` (default: the config's
+    ``--resume-window``) for its client (0: it ends at once).
     """
     cfg = server_cfg or ServerConfig()
-    state = Server(engine, cfg, session_factory, clock, peer_options or {})
+    if resume_window_s is None:
+        resume_window_s = cfg.resume_window_s
+    state = Server(
+        engine, cfg, session_factory, clock, peer_options or {}, resume_window_s=resume_window_s
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await state.start_mcp()  # --mcp servers first: one that fails fails start-up
         loader = asyncio.create_task(state.load_engine()) if state.owns_engine else None
         try:
             yield
         finally:
             await state.close_all()
+            await state.mcp.aclose()
             if loader is not None and not loader.done():
                 loader.cancel()  # the loading thread finishes on its own
             if state.owns_engine and state.engine is not None and hasattr(state.engine, "aclose"):
@@ -484,7 +553,17 @@ def create_app(
         except HttpError:
             state.admission.refuse("bad_sdp")
             raise
-        peer, answer = await state.open_session(sdp, initial, credential)
+        token = request.query_params.get("resume")
+        if token is not None:  # a dropped session's client is back (docs/webrtc.md)
+            if initial:
+                raise HttpError(
+                    400,
+                    "invalid_request",
+                    "a resuming offer keeps the session's settings: send no 'session'",
+                )
+            peer, answer = await state.resume_session(sdp, token, credential)
+        else:
+            peer, answer = await state.open_session(sdp, initial, credential)
         if as_json:
             return JSONResponse(
                 {"sdp": answer, "type": "answer", "session_id": peer.id},
@@ -527,7 +606,7 @@ def create_app(
     if realtime_ws:
         from server.realtime_ws import add_realtime_routes
 
-        add_realtime_routes(app)
+        add_realtime_routes(app, resume_window_s=resume_window_s)
     return app
 
 
@@ -567,7 +646,7 @@ def serve(model_cfg: ModelConfig, server_cfg: ServerConfig, *, log_level: str = 
         from conversation.session import Sessions  # heavy imports happen in the loading thread
         from models.engine import Engine
 
-        return Sessions(Engine.load(model_cfg))
+        return Sessions(Engine.load(model_cfg), server_cfg.tools)  # built-ins: --tools
 
     app = create_app(load, server_cfg)
     scheme = "https" if server_cfg.certfile else "http"
@@ -582,7 +661,10 @@ def serve(model_cfg: ModelConfig, server_cfg: ServerConfig, *, log_level: str = 
         ssl_keyfile=server_cfg.keyfile,
         log_level=log_level,
     )
-    _DrainingServer(config, app.state.seetalk, server_cfg.drain_timeout_s).run()
+    server = _DrainingServer(config, app.state.seetalk, server_cfg.drain_timeout_s)
+    server.run()
+    if not server.started:  # the lifespan failed (an --mcp server, say): said above
+        raise ConfigError(app.state.seetalk.startup_error or "the server did not start")
 
 
 class _DrainingServer(uvicorn.Server):

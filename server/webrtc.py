@@ -19,8 +19,19 @@ cancelled and awaited by :meth:`Peer.close`). Data paths and their bounds:
   ``CLIENT_EVENTS`` (overflow: ``rate_limit_exceeded``) -> ``session.handle_client_event``.
   Nothing a client sends can raise into aiortc.
 
-The peer ends when the connection closes or fails, when no media arrives for
-``media_timeout_s``, when it is idle past ``idle_timeout_s``, or when asked.
+The peer ends when it is idle past ``idle_timeout_s``, when the client closes the connection
+(a DTLS close: a hang-up), or when asked. When a connection that was up fails (ICE) or no
+media arrives for ``media_timeout_s`` (the network went away), it ends too, unless it is
+resumable (:attr:`Peer.resumes`, set by the server): then it is *parked*
+(conversation/resume.py). Its ``session.created`` carried ``seetalk.resume_token``; on a drop
+the media tasks and the connection go, the reply that was playing is cancelled where it was
+heard (as on ``response.cancel``: its audio is never replayed), and the session waits
+``resumes.window_s`` for an offer presenting the token (:meth:`Peer.resume`), which gets the
+same session (conversation, settings, camera state) on a new connection. Events of the
+session meanwhile wait in the pending deque (deltas are dropped); the resumed connection
+gets a new ``session.created`` (``seetalk.resumed: true``, a new token) first, then those.
+A parked peer stays in the server's session table (it counts against ``max_sessions``) until
+it is resumed or its window passes (close reason ``resume_expired``).
 """
 
 from __future__ import annotations
@@ -40,7 +51,13 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from conversation import events
 from conversation.contract import TransportSession
-from conversation.protocol import ClientEvent, InputAudioAppend, parse_client_event
+from conversation.protocol import (
+    ClientEvent,
+    InputAudioAppend,
+    ResponseCancel,
+    parse_client_event,
+)
+from conversation.resume import ResumeRegistry
 from seetalk.errors import InvalidEvent, SeetalkError
 from server.metrics import Metrics
 from server.ratelimit import EVENTS_BURST, EVENTS_PER_S, MAX_MESSAGE_BYTES, TokenBucket
@@ -92,7 +109,9 @@ class Peer:
         self.session = session
         self.id: str = session.id
         self.metrics = metrics
-        self.pc = RTCPeerConnection(ice_configuration(ice_servers))
+        self._ice = ice_configuration(ice_servers)
+        self.pc = RTCPeerConnection(self._ice)
+        self._live_pc: RTCPeerConnection | None = self.pc  # whose callbacks count
         self.idle_timeout_s = idle_timeout_s
         self.media_timeout_s = media_timeout_s
         self.connect_timeout_s = connect_timeout_s
@@ -113,11 +132,18 @@ class Peer:
         self._pending: collections.deque[str] = collections.deque(maxlen=PENDING_EVENTS)
         self._inbox: asyncio.Queue[ClientEvent] = asyncio.Queue(CLIENT_EVENTS)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._media_tasks: set[asyncio.Task[Any]] = set()  # end with the connection
         self._close_task: asyncio.Task[None] | None = None
         self._connected = False
         self.on_closed: list[Callable[[Peer], None]] = []
         self.audio_track = PacedAudioTrack(session.audio_out.pull, session.settings.output_rate)
         self.latest_video = LatestFrame()
+        # resumption: set by the server; a dropped connection parks the session
+        self.resumes: ResumeRegistry[Peer] | None = None
+        self.bound_to = ""
+        self.parked_until: float | None = None
+        self._switch = asyncio.Lock()  # one detach or attach at a time
+        self._session_object: dict[str, Any] = {}
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -125,19 +151,108 @@ class Peer:
         """Apply the offer, start the media and event tasks, and return the answer SDP.
 
         Raises ``ValueError`` for an SDP aiortc cannot use (the caller closes the peer)."""
+        answer = await self._attach(offer_sdp)
+        self._spawn(self._pump_events(), "events")
+        self._spawn(self._serve_client_events(), "client-events")
+        self._spawn(self._watchdog(), "watchdog")
+        return answer
+
+    async def _attach(self, offer_sdp: str) -> str:
         pc = self.pc
-        pc.on("track", self._on_track)
-        pc.on("datachannel", self._on_datachannel)
-        pc.on("connectionstatechange", self._on_state)
+        pc.on("track", lambda track: self._on_track(pc, track))
+        pc.on("datachannel", lambda channel: self._on_datachannel(pc, channel))
+        pc.on("connectionstatechange", lambda: self._on_state(pc))
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         if not any(t.kind == "audio" for t in pc.getTransceivers()):
             raise ValueError("the offer has no audio section")
         pc.addTrack(self.audio_track)
         await pc.setLocalDescription(await pc.createAnswer())
-        self._spawn(self._pump_events(), "events")
-        self._spawn(self._serve_client_events(), "client-events")
-        self._spawn(self._watchdog(), "watchdog")
-        return pc.localDescription.sdp
+        return str(pc.localDescription.sdp)
+
+    async def resume(self, offer_sdp: str) -> str:
+        """A resuming offer (its token claimed from :attr:`resumes`): serve the session on a
+        new connection and return the answer SDP. A connection still up (the client saw
+        the drop first) is dropped as a parked one would be. Raises ``ValueError`` for an
+        SDP aiortc cannot use (the session is then closed); ``ConnectionError`` when the
+        peer closed meanwhile."""
+        async with self._switch:
+            if self._close_task is not None:
+                raise ConnectionError("the session ended")
+            if self._live_pc is not None:
+                await self._detach()
+            self.parked_until = None
+            self.pc = RTCPeerConnection(self._ice)
+            self._live_pc = self.pc
+            self.audio_track = PacedAudioTrack(
+                self.session.audio_out.pull, self.session.settings.output_rate
+            )
+            self.latest_video = LatestFrame()
+            self.created = self.last_client_event = self._clock()
+            self.last_media, self._connected = None, False
+            self.counters["resumed"] += 1
+            created = self._with_token(events.session_created(dict(self._session_object)))
+            created["session"]["seetalk"]["resumed"] = True  # same id, conversation, settings
+            self.metrics.observe_event(created)
+            kept = list(self._pending)[-(PENDING_EVENTS - 1) :]
+            self._pending = collections.deque([json.dumps(created), *kept], PENDING_EVENTS)
+            try:
+                answer = await self._attach(offer_sdp)
+            except BaseException:
+                self.request_close("rejected")
+                raise
+            log.info("session %s resumed", self.id)
+            return answer
+
+    def lost(self, reason: str) -> None:
+        """The connection dropped (ICE failed, no media, or a test): park if resumable,
+        else close. A connection the client closes (DTLS close) is a hang-up: it ends."""
+        if self._close_task is not None or self._live_pc is None:
+            return
+        if self.resumes is None or self.parked_until is not None or not self._connected:
+            self.request_close(reason)  # (never connected: nobody got a token to come back)
+            return
+        until = self.resumes.park(self, self._clock())
+        if until is None:  # no token was ever sent: nobody can come back
+            self.request_close(reason)
+            return
+        self.parked_until = until
+        self.counters["parked"] += 1
+        log.info("session %s parked (%s) for %g s", self.id, reason, self.resumes.window_s)
+        self._spawn(self._park(), "park")
+
+    async def _park(self) -> None:
+        async with self._switch:
+            if self._live_pc is not None and self.parked_until is not None:
+                await self._detach()
+
+    async def _detach(self) -> None:
+        """End the connection's media tasks and the connection; the session stays. The reply
+        that was playing stops where it was heard (nobody hears the rest; it is never
+        replayed)."""
+        self._live_pc = None
+        media = list(self._media_tasks)
+        for task in media:
+            task.cancel()
+        await asyncio.gather(*media, return_exceptions=True)
+        self.audio_track.stop()
+        self.channels, self._channel = [], None
+        try:
+            await self.session.handle_client_event(ResponseCancel())
+        except SeetalkError:
+            log.warning("session %s: cancelling the reply on a drop failed", self.id)
+        await close_peer_connection(self.pc)
+
+    def _with_token(self, created: dict[str, Any]) -> dict[str, Any]:
+        """``session.created`` with a new single-use resume token (``seetalk.resume_token``)."""
+        if self.resumes is None:
+            return created
+        session = dict(created["session"])
+        session["seetalk"] = dict(
+            session.get("seetalk") or {},
+            resume_token=self.resumes.issue(self, self.bound_to),
+            resume_window_s=self.resumes.window_s,
+        )
+        return dict(created, session=session)
 
     def request_close(self, reason: str) -> None:
         """Close from a callback or an owned task, without waiting."""
@@ -162,6 +277,9 @@ class Peer:
 
     async def _close(self) -> None:
         log.info("session %s closing: %s", self.id, self.close_reason)
+        self._live_pc = None
+        if self.resumes is not None:
+            self.resumes.forget(self)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -177,12 +295,16 @@ class Peer:
                 for callback in self.on_closed:
                     callback(self)
 
-    def _spawn(self, coro: Any, name: str) -> None:
+    def _spawn(self, coro: Any, name: str, *, media: bool = False) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=f"{self.id}:{name}")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        if media:
+            self._media_tasks.add(task)
+            task.add_done_callback(self._media_tasks.discard)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
         if task.cancelled():
             return
         exc = task.exception()
@@ -192,24 +314,31 @@ class Peer:
 
     # --- aiortc callbacks -----------------------------------------------------------------------
 
-    def _on_state(self) -> None:
-        state = self.pc.connectionState
+    def _on_state(self, pc: RTCPeerConnection) -> None:
+        if pc is not self._live_pc:  # a connection we dropped or replaced
+            return
+        state = pc.connectionState
         self.counters[f"state_{state}"] += 1
         if state == "connected":
             self._connected = True
         elif state == "failed":
-            self.request_close("ice_failed")
-        elif state == "closed":
+            self.lost("ice_failed")
+        elif state == "closed":  # the client closed it (DTLS close): a hang-up
             self.request_close("peer_closed")
 
-    def _on_track(self, track: MediaStreamTrack) -> None:
+    def _on_track(self, pc: RTCPeerConnection, track: MediaStreamTrack) -> None:
+        if pc is not self._live_pc:
+            return
         if track.kind == "audio":
-            self._spawn(self._read_audio(track), "audio-in")
+            self._spawn(self._read_audio(track), "audio-in", media=True)
         elif track.kind == "video":
-            self._spawn(self._read_video(track), "video-in")
-            self._spawn(self._convert_video(), "video-convert")
+            self._spawn(self._read_video(track), "video-in", media=True)
+            self._spawn(self._convert_video(), "video-convert", media=True)
 
-    def _on_datachannel(self, channel: Any) -> None:
+    def _on_datachannel(self, pc: RTCPeerConnection, channel: Any) -> None:
+        if pc is not self._live_pc:
+            channel.close()
+            return
         if len(self.channels) >= MAX_CHANNELS:
             self.counters["channels_refused"] += 1
             self._send_error(
@@ -326,6 +455,11 @@ class Peer:
     async def _pump_events(self) -> None:
         while True:
             event = await self.session.events.get()
+            kind = event.get("type")
+            if kind in ("session.created", "session.updated"):
+                self._session_object = dict(event.get("session") or {})
+            if kind == "session.created":
+                event = self._with_token(event)
             self.last_event = self._clock()
             self.metrics.observe_event(event)
             self._broadcast(event)
@@ -347,7 +481,8 @@ class Peer:
             channel = next((c for c in self.channels if c.readyState == "open"), None)
             self._channel = channel
         if channel is None:
-            self._pending.append(text)
+            if self.parked_until is None or not _transient(kind):  # parked: no deltas
+                self._pending.append(text)
             return
         if channel.bufferedAmount > HIGH_WATER and _transient(kind):
             self.counters["events_dropped"] += 1
@@ -372,10 +507,15 @@ class Peer:
         while True:
             await asyncio.sleep(period)
             now = self._clock()
-            if not self._connected and now - self.created > self.connect_timeout_s:
+            if self.parked_until is not None:
+                if now > self.parked_until:
+                    self.request_close("resume_expired")
+            elif self._live_pc is None:
+                continue  # between connections (a resume is attaching one)
+            elif not self._connected and now - self.created > self.connect_timeout_s:
                 self.request_close("connect_timeout")
             elif self.last_media is not None and now - self.last_media > self.media_timeout_s:
-                self.request_close("media_timeout")
+                self.lost("media_timeout")
             elif now - self._last_activity() > self.idle_timeout_s:
                 self.request_close("idle_timeout")
 
@@ -390,6 +530,7 @@ class Peer:
         return {
             "session_id": self.id,
             "connection_state": self.pc.connectionState,
+            "parked": self.parked_until is not None,
             "channels": len(self.channels),
             "tasks": self.task_count,
             "audio_frames_out": self.audio_track.frames,

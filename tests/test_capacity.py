@@ -138,3 +138,18 @@ def test_metrics_render_queue_depth_per_role_and_capacity() -> None:
     assert 'seetalk_role_queue_depth{role="asr",priority="background"} 1' in text
     assert 'seetalk_role_utilisation{role="asr"} 0.5000' in text
     assert "seetalk_capacity_sessions 7" in text and "seetalk_overloaded 0" in text
+
+
+def test_overloaded_holds_for_the_retry_after_then_clears() -> None:
+    """A queue that empties a second after the server said "full" does not reopen it: the
+    verdict holds ``hold_s`` past the last overloaded snapshot, then clears."""
+    gate = CapacityGate(max_must_run_queued=2, retry_after_s=5)
+    gate.observe(0.0, {"asr": stats(final=3)})
+    assert gate.verdict({"asr": stats(final=3)}, sessions=3).overloaded
+    gate.observe(1.0, {"asr": stats()})
+    held = gate.verdict({"asr": stats()}, sessions=3)
+    assert held.overloaded and "waiting on asr" in held.reason
+    gate.observe(4.9, {"asr": stats()})
+    assert gate.verdict({"asr": stats()}, sessions=3).overloaded
+    gate.observe(5.1, {"asr": stats()})
+    assert not gate.verdict({"asr": stats()}, sessions=3).overloaded

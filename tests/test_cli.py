@@ -35,3 +35,14 @@ def test_a_missing_model_is_one_clear_line() -> None:
 def test_serve_refuses_half_a_tls_setup(tmp_path) -> None:
     proc = seetalk("serve", "--certfile", str(tmp_path / "cert.pem"))
     assert proc.returncode == 2 and "--keyfile" in proc.stderr
+
+
+def test_serve_takes_the_resume_window(monkeypatch) -> None:
+    import server.app
+    from seetalk.cli import main
+
+    started: list = []
+    monkeypatch.setattr(server.app, "serve", lambda models, cfg: started.append(cfg))
+    assert main(["serve"]) == 0 and started[-1].resume_window_s == 60.0
+    assert main(["serve", "--resume-window", "5"]) == 0 and started[-1].resume_window_s == 5.0
+    assert main(["serve", "--resume-window", "-1"]) == 2 and len(started) == 2

@@ -75,7 +75,8 @@ async def test_a_person_talking_over_the_echo_stops_the_reply_as_fast_as_without
         stop = int(stops[name] * 48_000)
         assert not np.any(out[stop + 40 * 48 : stop + 400 * 48]), name
     assert stops["echo"] - onset < 0.35
-    assert abs(stops["echo"] - stops["free"]) <= 0.1
+    # at most one 100 ms input step apart (rounded: the times are sums of float steps)
+    assert round(abs(stops["echo"] - stops["free"]), 3) <= 0.1
 
 
 async def send(session: Session, obj: object) -> None:

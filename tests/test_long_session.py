@@ -71,3 +71,36 @@ async def test_model_input_is_bounded_by_the_context(engine, truncation):
         assert again["usage"]["input_tokens"] <= budget
     finally:
         await session.aclose()
+
+
+def test_a_cut_is_kept_while_it_fits_so_the_model_reuses_its_prefix():
+    """``auto`` and ``retention_ratio`` cut once, below the budget, and keep that cut (the
+    anchor) while the conversation grows into it: the model input keeps its prefix for
+    several turns instead of changing at every turn once the context is full."""
+    from conversation.budget import AUTO_RETENTION, Truncation, estimate, fit
+    from llm.backend import ChatMessage
+
+    chat = [ChatMessage("system", "Be brief.")]
+    prefixes, cuts, anchor = [], 0, ()
+    for i in range(60):
+        chat.append(ChatMessage("user", f"Question {i} about the sea, " * 3))
+        fitted = fit(chat, 400, estimate, Truncation("auto"), anchor)
+        assert fitted.tokens <= 400 and fitted.messages[0].role == "system"
+        assert fitted.messages[-1] == chat[-1]
+        if fitted.anchor and fitted.anchor != anchor:
+            cuts += 1
+            assert fitted.tokens <= 400 * AUTO_RETENTION  # cut down to the retention share
+        anchor = fitted.anchor
+        prefixes.append(fitted.messages[1])
+        chat.append(ChatMessage("assistant", f"Answer {i}: it is deep and wide."))
+    changed = sum(1 for a, b in zip(prefixes, prefixes[1:], strict=False) if a != b)
+    assert 2 <= cuts == changed < 20  # a stateless cut would move at nearly every turn
+    stateless = [fit(chat[: 2 * k + 2], 400, estimate, Truncation("auto")) for k in range(30, 60)]
+    assert (
+        sum(
+            1
+            for a, b in zip(stateless, stateless[1:], strict=False)
+            if a.messages[1] != b.messages[1]
+        )
+        > 20
+    )

@@ -215,7 +215,7 @@ def test_parsed_fields():
     assert tr == ItemTruncate(item_id="i", content_index=0, audio_end_ms=1500)
 
 
-def test_semantic_vad_is_approximated_by_silence():
+def test_semantic_vad_maps_onto_the_end_of_turn_model():
     ev = parse_client_event(
         json.dumps(
             {
@@ -232,7 +232,8 @@ def test_semantic_vad_is_approximated_by_silence():
     )
     assert isinstance(ev, SessionUpdate)
     turn = settings_for(SessionSettings(), ev).turn
-    assert (turn.mode, turn.silence_ms) == ("server_vad", 1000)
+    assert (turn.mode, turn.eot, turn.eagerness) == ("server_vad", "smart_turn", "low")
+    assert (turn.eot_incomplete_silence_ms, turn.silence_ms) == (8000, 1000)  # 1000: no model
 
 
 def test_settings_for_maps_every_field():
@@ -362,6 +363,16 @@ BAD = [
         '{"turn_detection": {"type": "server_vad", "silence_duration_ms": 1.5}}}}}',
         "invalid_type",
         "session.audio.input.turn_detection.silence_duration_ms",
+    ),
+    (
+        '{"type": "session.update", "session": {"prompt": {"id": "pmpt_123"}}}',
+        "unsupported",
+        "session.prompt",
+    ),
+    (
+        '{"type": "response.create", "response": {"prompt": {"id": "pmpt_123"}}}',
+        "unsupported",
+        "response.prompt",
     ),
     (
         '{"type": "session.update", "session": {"truncation": {"type": "retention_ratio", '

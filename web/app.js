@@ -8,18 +8,23 @@ const MAX_EVENTS = 2000;
 
 const st = (window.seetalk = {
   connected: false, state: "disconnected", events: [], transcript: [], level: 0,
-  errors: [], metrics: [], sessionId: null,
+  errors: [], metrics: [], sessionId: null, reconnects: 0, tools: [],
 });
 
 let pc = null, dc = null, localStream = null, audioCtx = null, levelTimer = null;
 let config = { ice_servers: [], auth_required: false };
 const items = new Map(); // item id -> transcript entry {role, text, final, interrupted, el}
 let lostTimer = null;
+// Resumption (docs/webrtc.md): session.created carries a single-use token; a dropped
+// connection offers again with it, a few tries with backoff, and gets the same session.
+let resumeToken = null, reconnecting = false;
+const RETRY_S = [0.5, 1, 2, 4, 8];
 
 function setState(s) {
   st.state = s;
   const labels = { disconnected: "disconnected", connecting: "connecting…", listening: "listening",
-    hearing: "hearing you", thinking: "thinking…", speaking: "speaking", error: "error" };
+    hearing: "hearing you", thinking: "thinking…", speaking: "speaking", error: "error",
+    reconnecting: "reconnecting…" };
   $("state").textContent = labels[s] || s;
   $("state").className = "state " + s;
 }
@@ -48,6 +53,86 @@ function setLine(entry, text, final) {
   entry.text = text; entry.final = final;
   entry.el.textContent = text;
   entry.el.classList.toggle("partial", !final);
+}
+
+// --- tool calls in the transcript ----------------------------------------------------------
+// A function_call (the client's tools and seetalk's own) or an mcp_call is one compact line:
+// the tool's name and short arguments, then its result (output or error) once it comes.
+// window.seetalk.tools holds {callId, name, arguments, output, error, kind} for tests.
+
+const calls = new Map(); // call id (or item id) -> {entry, el, ...}
+const SHORT = 90;
+
+function short(text) {
+  const s = String(text ?? "").replace(/\s+/g, " ").trim();
+  return s.length > SHORT ? s.slice(0, SHORT - 1) + "…" : s;
+}
+
+function shortArgs(args) {
+  try {
+    const obj = JSON.parse(args || "{}");
+    if (obj && typeof obj === "object" && !Array.isArray(obj)) {
+      return short(Object.entries(obj).map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join(", "));
+    }
+  } catch { /* not JSON yet: shown as it is */ }
+  return short(args);
+}
+
+function toolLine(key, name, kind) {
+  let c = calls.get(key);
+  if (c) return c;
+  const li = document.createElement("li");
+  li.className = "tool";
+  const head = document.createElement("div");
+  head.className = "tool-call";
+  const nameEl = document.createElement("span");
+  nameEl.className = "tool-name";
+  const argsEl = document.createElement("span");
+  argsEl.className = "tool-args";
+  head.append(nameEl, argsEl);
+  const result = document.createElement("div");
+  result.className = "tool-result pending";
+  result.textContent = "running…";
+  li.append(head, result);
+  $("transcript").appendChild(li);
+  li.scrollIntoView({ block: "end" });
+  const entry = { callId: key, name, arguments: "", output: null, error: null, kind };
+  st.tools.push(entry);
+  c = { entry, el: li, nameEl, argsEl, result };
+  calls.set(key, c);
+  return c;
+}
+
+function setCall(c, name, args) {
+  if (name) { c.entry.name = name; c.nameEl.textContent = name; }
+  if (args != null) { c.entry.arguments = args; c.argsEl.textContent = `(${shortArgs(args)})`; }
+  c.el.title = `${c.entry.name}(${c.entry.arguments})`;
+}
+
+function setResult(c, output, error) {
+  c.entry.output = output ?? null; c.entry.error = error ?? null;
+  let failure = error;
+  if (!error) try { failure = JSON.parse(output)?.error; } catch { /* plain text output */ }
+  const failed = !!failure;
+  const why = typeof failure === "string" ? failure : failure?.message || JSON.stringify(failure);
+  const text = failed ? `error: ${why}` : output;
+  c.result.textContent = "→ " + short(text);
+  c.result.title = String(text);
+  c.result.className = "tool-result" + (failed ? " failed" : "");
+}
+
+function onToolItem(item) {
+  if (!item) return;
+  if (item.type === "function_call") {
+    setCall(toolLine(item.call_id || item.id, item.name, "function"), item.name, item.arguments);
+  } else if (item.type === "function_call_output") {
+    const c = calls.get(item.call_id) || toolLine(item.call_id, "tool", "function");
+    setResult(c, item.output, null);
+  } else if (item.type === "mcp_call") {
+    const c = toolLine(item.id, item.name, "mcp");
+    setCall(c, item.server_label ? `${item.server_label}.${item.name}` : item.name, item.arguments);
+    if (item.output != null || item.error != null) setResult(c, item.output, item.error);
+  }
 }
 
 // --- devices -------------------------------------------------------------------------------
@@ -126,12 +211,13 @@ function waitForIce(peer, ms = 2000) {
   });
 }
 
-async function connect() {
+async function connect(resume = null) {
   clearError();
-  setState("connecting");
+  setState(resume ? "reconnecting" : "connecting");
   $("connect").disabled = true;
   try {
-    localStream = await getMedia();
+    // a reconnect keeps the microphone and camera it had (no new prompt, no gap in the preview)
+    if (!resume || !localStream?.getTracks().some((t) => t.readyState === "live")) localStream = await getMedia();
     await listDevices();
     const video = localStream.getVideoTracks()[0];
     $("preview").srcObject = video ? new MediaStream([video]) : null;
@@ -146,33 +232,69 @@ async function connect() {
     dc = pc.createDataChannel("oai-events");
     dc.onopen = () => {
       st.connected = true; setState("listening"); enableControls(true);
+      if (resume) { st.reconnects++; addLine("system", "Reconnected: the conversation goes on."); }
       // The browser cancels the echo of what it plays: the server need not (docs/echo.md).
       const mic = localStream?.getAudioTracks()[0]?.getSettings?.() || {};
       if (mic.echoCancellation === true) send({ type: "session.update", session: { seetalk: { echo: "off" } } });
     };
     dc.onclose = () => { if (st.connected) lost("The event channel closed."); };
-    dc.onmessage = (m) => { try { onEvent(JSON.parse(m.data)); } catch (e) { console.error(e); } };
+    dc.onmessage = (m) => {
+      try {
+        const ev = JSON.parse(m.data);
+        if (ev.type === "session.created") resumeToken = ev.session?.seetalk?.resume_token || null;
+        onEvent(ev);
+      } catch (e) { console.error(e); }
+    };
 
     await pc.setLocalDescription(await pc.createOffer());
     await waitForIce(pc);
     const headers = { "Content-Type": "application/json", ...auth };
     let r;
     try {
-      r = await fetch(config.offer_url || "/offer", { method: "POST", headers,
+      const url = (config.offer_url || "/offer") + (resume ? `?resume=${encodeURIComponent(resume)}` : "");
+      r = await fetch(url, { method: "POST", headers,
         body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer" }) });
     } catch (e) {
       throw new Error("The server is unreachable. Is seetalk running?");
     }
-    if (!r.ok) throw new Error(await errorText(r));
+    if (!r.ok) throw Object.assign(new Error(await errorText(r)), { status: r.status });
     const answer = await r.json();
     st.sessionId = answer.session_id;
     await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
     $("connect").textContent = "Disconnect";
     $("connect").disabled = false;
   } catch (e) {
-    teardown();
+    teardown(!!resume);
+    if (resume) throw e; // reconnect() decides: try again, or the session has ended
     showError(e.message || String(e));
     setState("error");
+  }
+}
+
+async function reconnect(why) {
+  const token = resumeToken;
+  resumeToken = null; reconnecting = true;
+  teardown(true);
+  setState("reconnecting");
+  addLine("system", `${why} Reconnecting…`);
+  let ended = "the server did not answer";
+  try {
+    for (const wait of RETRY_S) {
+      await new Promise((r) => setTimeout(r, wait * 1000));
+      try {
+        await connect(token);
+        return;
+      } catch (e) {
+        ended = e.message || String(e);
+        if ([401, 403, 404, 410].includes(e.status)) break; // the session cannot come back
+      }
+    }
+    teardown();
+    addLine("system", "The session has ended.");
+    showError(`The connection was lost and the session has ended (${ended}). Press Connect to start a new one.`);
+    setState("error");
+  } finally {
+    reconnecting = false;
   }
 }
 
@@ -185,26 +307,30 @@ function onConnectionState() {
 
 function lost(msg) {
   if (!pc) return;
+  if (resumeToken && !reconnecting) { reconnect(msg); return; }
   teardown();
   showError(msg + " Press Connect to start again.");
   setState("error");
 }
 
 function disconnect() {
+  resumeToken = null;
   teardown();
   setState("disconnected");
 }
 
-function teardown() {
+function teardown(keepMedia = false) {
   st.connected = false;
   if (lostTimer) { clearTimeout(lostTimer); lostTimer = null; }
   if (levelTimer) { clearInterval(levelTimer); levelTimer = null; }
   if (dc) { dc.onclose = null; try { dc.close(); } catch {} dc = null; }
   if (pc) { pc.onconnectionstatechange = null; pc.close(); pc = null; }
-  localStream?.getTracks().forEach((t) => t.stop());
-  localStream = null;
-  $("preview").srcObject = null;
-  $("no-camera").hidden = false;
+  if (!keepMedia) {
+    localStream?.getTracks().forEach((t) => t.stop());
+    localStream = null;
+    $("preview").srcObject = null;
+    $("no-camera").hidden = false;
+  }
   $("remote").srcObject = null;
   st.level = 0;
   $("meter-fill").style.width = "0";
@@ -299,6 +425,17 @@ function onEvent(ev) {
     case "response.done":
       if (st.state === "thinking" || st.state === "speaking") setState("listening");
       break;
+    case "response.output_item.added":
+    case "response.output_item.done":
+    case "conversation.item.added":
+    case "conversation.item.done":
+      onToolItem(ev.item);
+      break;
+    case "response.function_call_arguments.done": {
+      const c = calls.get(ev.call_id);
+      if (c) setCall(c, ev.name, ev.arguments);
+      break;
+    }
     case "seetalk.turn.metrics":
       showMetrics(ev.metrics || {});
       break;
@@ -322,7 +459,7 @@ function showMetrics(m) {
 
 // --- wiring --------------------------------------------------------------------------------
 
-$("connect").onclick = () => (pc ? disconnect() : connect());
+$("connect").onclick = () => (pc ? disconnect() : reconnecting ? null : connect());
 $("stop").onclick = () => send({ type: "response.cancel" });
 $("compose").onsubmit = (e) => {
   e.preventDefault();
