@@ -49,6 +49,16 @@ def test_decide_partial_rules():
     assert decide(now=9.4).run
 
 
+def test_partials_thin_out_when_a_pass_takes_longer():
+    # a quick pass keeps the interval; a slow one (a loaded machine) stretches it so a
+    # session's partials take at most half the time, leaving the cores to finals and replies
+    assert decide(now=9.4, last_took_s=0.15).run
+    d = decide(now=9.4, last_took_s=0.6)
+    assert not d.run and d.wait_s == pytest.approx(0.8)
+    assert decide(now=10.3, last_took_s=0.6).run
+    assert decide(now=9.4, last_took_s=0.6, max_duty=0).run  # off
+
+
 def test_split_windows_bounds_length_and_cuts_in_silence():
     rng = np.random.default_rng(0)
     parts = []

@@ -152,6 +152,8 @@ class SupportsTranscribe(Protocol):
 
 # --- when to run a partial: pure -----------------------------------------------------------
 
+PARTIAL_DUTY = 0.5  # a session's partials take at most this share of the time (see below)
+
 
 @dataclass(frozen=True)
 class PartialDecision:
@@ -170,13 +172,20 @@ def decide_partial(
     audio_s: float,
     min_audio_s: float,
     new_audio: bool,
+    last_took_s: float | None = None,
+    max_duty: float = PARTIAL_DUTY,
 ) -> PartialDecision:
     """Whether a partial transcription should start at time ``now`` (seconds, any origin).
 
     ``listening``: an utterance is active and not paused. ``busy``: an inference is in
     flight (a partial is then skipped, never queued: the next one takes the newest audio).
-    ``new_audio``: audio arrived since the last partial started.
+    ``new_audio``: audio arrived since the last partial started. ``last_took_s``: how long
+    the last partial took from its start to its text (queue wait included); partials then
+    come at most ``max_duty`` of the time, so when the machine is loaded (a pass takes
+    longer) each session's partials thin out and leave the cores to finals and replies.
     """
+    if last_took_s is not None and max_duty > 0:
+        interval_s = max(interval_s, last_took_s / max_duty)
     if not listening:
         return PartialDecision(False, interval_s, "not listening")
     if audio_s < min_audio_s:
@@ -258,6 +267,7 @@ class StreamingRecognizer:
         self._paused = False
         self._last_append_t = 0.0
         self._last_partial_start: float | None = None
+        self._last_partial_took: float | None = None  # start to text, for the duty cycle
         self._partial_samples = 0  # audio covered by the last partial started
         self._jobs: dict[str, _Job | None] = {"partial": None, "final": None}  # in flight
         self._spec: _Job | None = None  # the speculative final of this pause
@@ -297,6 +307,7 @@ class StreamingRecognizer:
         self._chunks, self._samples, self._silence = [], 0, []
         self._active, self._paused = True, False
         self._last_partial_start, self._partial_samples = None, 0
+        self._last_partial_took = None
         self._spec, self._want_spec = None, False
         if self._timer is None or self._timer.done():
             self._timer = asyncio.get_running_loop().create_task(self._partials())
@@ -457,6 +468,9 @@ class StreamingRecognizer:
             elif exc is not None:
                 log.warning("partial transcription failed: %s", exc)
             elif job.utterance == self._utterance and self._active:
+                if self._last_partial_start is not None:
+                    now = asyncio.get_running_loop().time()
+                    self._last_partial_took = now - self._last_partial_start
                 self.stats.partials += 1
                 self.stats.last_partial_lag_s = asyncio.get_running_loop().time() - job.audio_t
                 if self.on_partial is not None:
@@ -483,6 +497,7 @@ class StreamingRecognizer:
                 audio_s=self.audio_s,
                 min_audio_s=self.min_partial_audio_s,
                 new_audio=self._samples > self._partial_samples,
+                last_took_s=self._last_partial_took,
             )
             if d.run:
                 self._last_partial_start = loop.time()
