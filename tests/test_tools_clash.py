@@ -22,13 +22,20 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
 from test_tools_mcp import SERVER
-from test_tools_mcp_protocol import LIMIT_S, QUESTION, Client, _connect, _free_port, _listening
+from test_tools_mcp_protocol import (
+    LIMIT_S,
+    QUESTION,
+    Client,
+    _connect,
+    _free_port,
+    _listening,
+    local_model_calls_get_weather,
+)
 
 from conversation.mcp import McpRegistry, python_command
 from conversation.protocol import parse_client_object
@@ -336,37 +343,8 @@ async def test_the_local_model_makes_a_valid_call_of_the_chosen_mcp_tool(
     """The default local model, forced by ``tool_choice: {"type": "mcp", ...}`` while the
     server offers two tools, calls the chosen one with arguments that match its schema
     (grammar-constrained). What it says is not asserted."""
-    import jsonschema
-
-    srv = await realtime_server(
-        engine,
-        ServerConfig(mcp=McpConfig(servers=(f"weather={' '.join(python_command(mcp_script))}",))),
+    decl = {"type": "mcp", "server_label": "weather", "require_approval": "never"}
+    choice = {"type": "mcp", "server_label": "weather", "name": "get_weather"}
+    await local_model_calls_get_weather(
+        realtime_server, engine, mcp_script, {"tools": [decl], "tool_choice": choice}
     )
-    await asyncio.wait_for(_listening(srv.port), LIMIT_S)
-    schema = next(
-        t.spec.parameters
-        for t in srv.state.mcp.servers["weather"].tools
-        if t.remote_name == "get_weather"
-    )
-    async with _connect(srv) as conn:
-        c = Client(conn)
-        await c.type("mcp_list_tools.completed")
-        decl = {"type": "mcp", "server_label": "weather", "require_approval": "never"}
-        choice = {"type": "mcp", "server_label": "weather", "name": "get_weather"}
-        updated = await c.update({"tools": [decl], "tool_choice": choice, "max_output_tokens": 40})
-        assert updated["type"] == "session.updated", updated
-        await c.ask(QUESTION)
-        ended = await c.until(
-            lambda e: e["type"] in ("response.mcp_call.completed", "response.mcp_call.failed"),
-            "the model's call",
-        )
-        assert ended["type"] == "response.mcp_call.completed", c.of("error")
-        done = await c.until(
-            lambda e: (
-                e["type"] == "response.output_item.done" and e["item"]["id"] == ended["item_id"]
-            ),
-            "the call's item",
-        )
-        assert done["item"]["name"] == "get_weather"
-        jsonschema.validate(json.loads(done["item"]["arguments"]), schema)
-        assert done["item"]["output"].startswith("Sunny and 21 degrees in ")

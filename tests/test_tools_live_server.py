@@ -22,27 +22,14 @@ import httpx
 import jsonschema
 import pytest
 import uvicorn
+from test_tools_realtime import LIMIT_S, PARAMS, QUESTION, WEATHER, openai_round_trip
 
 pytestmark = pytest.mark.models
 
-PARAMS = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string"},
-        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-    },
-    "required": ["city", "unit"],
-}
-CHAT_TOOL: Any = {
+CHAT_TOOL: Any = {  # the realtime tests' weather tool, as chat completions take it
     "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city.",
-        "parameters": PARAMS,
-    },
+    "function": {k: v for k, v in WEATHER.items() if k != "type"},
 }
-QUESTION = "What is the weather in Paris right now?"
-LIMIT_S = 600  # a guard against a hang on a loaded 2-core machine, not a latency target
 
 
 @pytest.fixture
@@ -157,60 +144,9 @@ async def test_models_serve_refuses_bad_tools_with_400(llm_server):
 async def test_realtime_client_round_trip_through_a_live_openai_compatible_server(
     llm_server, engine, realtime_server
 ):
-    from openai import AsyncOpenAI
-
     from llm.factory import make_backend
     from seetalk.config import ModelConfig
 
     eng = copy.copy(engine)  # the voice models loaded once; the LLM is the live server
     eng.backend = make_backend(ModelConfig(llm_base_url=llm_server), lambda cfg: None)  # type: ignore[arg-type,return-value]
-    srv = await realtime_server(eng)
-    client = AsyncOpenAI(api_key="x", websocket_base_url=srv.ws)
-    seen: list[dict[str, Any]] = []
-
-    async def until(type_: str) -> dict[str, Any]:
-        async for event in conn:
-            seen.append(event.model_dump())
-            if event.type == "error":
-                raise AssertionError(f"error event: {seen[-1]}")
-            if event.type == type_:
-                return seen[-1]
-        raise AssertionError(f"connection closed before {type_}")
-
-    tool = {"type": "function", **CHAT_TOOL["function"]}
-    async with client.realtime.connect(model="seetalk") as conn:
-        await until("session.created")
-        session: Any = {
-            "type": "realtime",
-            "tools": [tool],
-            "tool_choice": "required",
-            "max_output_tokens": 40,
-        }
-        await conn.session.update(session=session)
-        await until("session.updated")
-        await conn.conversation.item.create(
-            item={
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": QUESTION}],
-            }
-        )
-        await conn.response.create()
-        done = await asyncio.wait_for(until("response.done"), LIMIT_S)
-        assert done["response"]["status"] == "completed", done
-        calls = [o for o in done["response"]["output"] if o["type"] == "function_call"]
-        assert len(calls) == 1 and calls[0]["name"] == "get_weather" and calls[0]["call_id"]
-        jsonschema.validate(json.loads(calls[0]["arguments"]), PARAMS)
-
-        output = json.dumps({"city": "Paris", "temperature": 21, "unit": "celsius"})
-        await conn.conversation.item.create(
-            item={"type": "function_call_output", "call_id": calls[0]["call_id"], "output": output}
-        )
-        await until("conversation.item.done")
-        mark = len(seen)
-        await conn.response.create(response={"tool_choice": "none"})
-        answer = await asyncio.wait_for(until("response.done"), LIMIT_S)
-        assert answer["response"]["status"] == "completed", answer
-        later = seen[mark:]
-        assert [e for e in later if e["type"] == "response.output_audio.delta"], "not spoken"
-        assert not [o for o in answer["response"]["output"] if o["type"] == "function_call"]
+    await openai_round_trip(await realtime_server(eng))

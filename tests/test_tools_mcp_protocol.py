@@ -567,6 +567,23 @@ async def test_the_local_model_makes_a_valid_mcp_call(realtime_server, engine, m
     """The default local model (grammar-constrained), told it must call a tool, calls the
     MCP server's tool with arguments that match its schema, and the call runs. What it says
     is not asserted."""
+    tool = {
+        "type": "mcp",
+        "server_label": "weather",
+        "allowed_tools": ["get_weather"],
+        "require_approval": "never",
+    }
+    await local_model_calls_get_weather(
+        realtime_server, engine, mcp_script, {"tools": [tool], "tool_choice": "required"}
+    )
+
+
+async def local_model_calls_get_weather(
+    realtime_server: Any, engine: Any, mcp_script: Any, session: dict[str, Any]
+) -> None:
+    """A server with the ``weather`` MCP server at start-up; ``session`` (tools and a
+    tool_choice that forces a call) is applied and a question asked: the default local model
+    calls ``get_weather`` with arguments that match its schema, and the call completes."""
     import jsonschema
 
     srv = await realtime_server(
@@ -582,15 +599,7 @@ async def test_the_local_model_makes_a_valid_mcp_call(realtime_server, engine, m
     async with _connect(srv) as conn:
         c = Client(conn)
         await c.type("mcp_list_tools.completed")
-        tool = {
-            "type": "mcp",
-            "server_label": "weather",
-            "allowed_tools": ["get_weather"],
-            "require_approval": "never",
-        }
-        updated = await c.update(
-            {"tools": [tool], "tool_choice": "required", "max_output_tokens": 40}
-        )
+        updated = await c.update({**session, "max_output_tokens": 40})
         assert updated["type"] == "session.updated", updated
         await c.ask(QUESTION)
         ended = await c.until(

@@ -57,9 +57,15 @@ def check_call(done: dict[str, Any]) -> dict[str, Any]:
 async def test_openai_client_declares_a_tool_gets_a_call_and_hears_the_answer(
     realtime_server, engine
 ):
+    await openai_round_trip(await realtime_server(engine))
+
+
+async def openai_round_trip(srv: Any) -> None:
+    """The official ``openai`` client on ``srv`` (a ``realtime_server``) declares the weather
+    tool with ``tool_choice: required``, gets one valid call, returns its output and hears the
+    answer (tests/test_tools_live_server.py runs it against a live model server too)."""
     from openai import AsyncOpenAI
 
-    srv = await realtime_server(engine)
     client = AsyncOpenAI(api_key="x", websocket_base_url=srv.ws)
     seen: list[dict[str, Any]] = []
 
