@@ -96,24 +96,15 @@ def speech48k(text: str, workdir: Path) -> np.ndarray:
 
 
 def whisper_reference(workdir: Path) -> dict[str, float]:
-    """Milliseconds of one whisper-base pass over :data:`REFERENCE` (best of 3)."""
-    from models.registry import resolve_asr
-    from seetalk.config import ModelConfig
-    from voice.asr import Transcriber
+    """Milliseconds of one whisper-base pass over :data:`REFERENCE` (``bench/reference.py``)."""
+    from bench.reference import whisper_base_ms
     from voice.audio import load_audio_file, resample
 
     path = workdir / "ref.wav"
     subprocess.run(["espeak-ng", "-w", str(path), REFERENCE], check=True, capture_output=True)
     audio, rate = load_audio_file(str(path))
     audio = resample(audio, rate, 16_000)
-    tr = Transcriber(resolve_asr(ModelConfig()))
-    tr.transcribe(audio)  # load and warm
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        tr.transcribe(audio)
-        best = min(best, time.perf_counter() - t0)
-    return {"whisper_base_ms": round(best * 1000, 1), "speech_s": round(len(audio) / 16_000, 2)}
+    return {"whisper_base_ms": whisper_base_ms(audio), "speech_s": round(len(audio) / 16_000, 2)}
 
 
 # --- peers ------------------------------------------------------------------------------------

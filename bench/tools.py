@@ -194,16 +194,12 @@ def missing(run: dict[str, Any], started: Any) -> dict[str, Any]:
     return {"events": [f"{t:.2f} {e['type']}" for t, e in run["events"]][-40:]}
 
 
-def whisper_reference(engine: Engine, speech: np.ndarray) -> float:
-    """One whisper-base pass over 3 s of speech (ms; the median of three after a warm-up):
-    the machine's speed, printed beside the timings."""
-    audio = np.resize(speech, 3 * RATE)
-    times = []
-    for _ in range(4):
-        t0 = time.perf_counter()
-        engine.transcriber.transcribe(audio)
-        times.append((time.perf_counter() - t0) * 1000)
-    return round(statistics.median(times[1:]), 1)
+def whisper_reference(speech: np.ndarray) -> float:
+    """One whisper-base pass over 3 s of speech (ms, ``bench/reference.py``): the machine's
+    speed, printed beside the timings."""
+    from bench.reference import whisper_base_ms
+
+    return whisper_base_ms(speech)
 
 
 def median(rows: list[dict[str, Any]], key: str) -> float | None:
@@ -222,7 +218,7 @@ async def main() -> int:
     engine = await asyncio.to_thread(Engine.load)
     print(f"models loaded in {time.perf_counter() - t0:.1f} s")
     question, slow_question = speak(QUESTION), speak(SLOW_QUESTION)
-    reference_ms = whisper_reference(engine, question)
+    reference_ms = whisper_reference(question)
 
     import os
 

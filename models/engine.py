@@ -160,6 +160,16 @@ class Engine:
         for role in self.executors:
             role.forget(session)
 
+    def asr_stats(self) -> dict[str, dict[str, int]]:
+        """Local whisper decodes per role: ``fitted`` and ``full`` windows, and why fitted
+        ones were done again on the full window (``looped``, ``unsure``); see voice/asr.py."""
+        roles = {"asr": self.transcriber, "asr_partial": self.partial_transcriber}
+        return {
+            role: dict(stats)
+            for role, model in roles.items()
+            if isinstance(stats := getattr(model, "stats", None), dict)
+        }
+
     def llm_for(self, session: str, priority: Priority) -> ChatBackend:
         """The language model as ``session`` uses it at ``priority``: each generation waits
         for its turn on the ``llm`` role. A remote model is returned as it is (its server

@@ -502,6 +502,7 @@ def create_app(
             utilisation=verdict.utilisation if verdict else None,
             capacity=verdict.capacity if verdict else None,
             overloaded=verdict.overloaded if verdict else None,
+            asr=_asr_stats(state.engine),
         )
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -608,6 +609,12 @@ def create_app(
 
         add_realtime_routes(app, resume_window_s=resume_window_s)
     return app
+
+
+def _asr_stats(source: Any) -> dict[str, dict[str, int]] | None:
+    """Whisper decode counts of the loaded engine (``Sessions.engine``), if it has any."""
+    stats = getattr(getattr(source, "engine", None), "asr_stats", None)
+    return stats() if callable(stats) else None
 
 
 def _text(body: bytes) -> str:

@@ -155,10 +155,12 @@ class Metrics:
         utilisation: Mapping[str, float] | None = None,
         capacity: int | None = None,
         overloaded: bool | None = None,
+        asr: Mapping[str, Mapping[str, int]] | None = None,
     ) -> str:
         """Prometheus text. ``load``: each model role's scheduler statistics (queue depth
         by priority, jobs running, skipped); ``utilisation``, ``capacity`` and
-        ``overloaded``: the admission gate's verdict."""
+        ``overloaded``: the admission gate's verdict; ``asr``: local whisper decodes by window
+        (``Engine.asr_stats``)."""
         out: list[str] = []
 
         def metric(name: str, kind: str, help_: str) -> None:
@@ -224,6 +226,21 @@ class Metrics:
         if overloaded is not None:
             metric("seetalk_overloaded", "gauge", "1 while new sessions are refused for load.")
             out.append(f"seetalk_overloaded {int(overloaded)}")
+        if asr:
+            metric("seetalk_asr_decodes_total", "counter", "Local whisper decodes, by window.")
+            for role, stats in sorted(asr.items()):
+                for window in ("fitted", "full"):
+                    lbl = f'role="{_label_value(role)}",window="{window}"'
+                    out.append(f"seetalk_asr_decodes_total{{{lbl}}} {stats.get(window, 0)}")
+            metric(
+                "seetalk_asr_refits_total",
+                "counter",
+                "Fitted-window decodes done again on the full window, by reason.",
+            )
+            for role, stats in sorted(asr.items()):
+                for reason in ("looped", "unsure"):
+                    lbl = f'role="{_label_value(role)}",reason="{reason}"'
+                    out.append(f"seetalk_asr_refits_total{{{lbl}}} {stats.get(reason, 0)}")
         for name, value in (extra_gauges or {}).items():
             metric(name, "gauge", name.replace("_", " ") + ".")
             out.append(f"{name} {value}")

@@ -140,6 +140,14 @@ def test_metrics_render_queue_depth_per_role_and_capacity() -> None:
     assert "seetalk_capacity_sessions 7" in text and "seetalk_overloaded 0" in text
 
 
+def test_metrics_render_whisper_decodes_by_window() -> None:
+    text = Metrics().render(asr={"asr": {"fitted": 5, "full": 2, "looped": 1, "unsure": 1}})
+    assert 'seetalk_asr_decodes_total{role="asr",window="fitted"} 5' in text
+    assert 'seetalk_asr_decodes_total{role="asr",window="full"} 2' in text
+    assert 'seetalk_asr_refits_total{role="asr",reason="looped"} 1' in text
+    assert "seetalk_asr" not in Metrics().render()
+
+
 def test_overloaded_holds_for_the_retry_after_then_clears() -> None:
     """A queue that empties a second after the server said "full" does not reopen it: the
     verdict holds ``hold_s`` past the last overloaded snapshot, then clears."""

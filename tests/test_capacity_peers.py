@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import urllib.request
 from typing import Any
 
 import numpy as np
@@ -64,3 +66,17 @@ async def test_three_peers_speaking_two_seconds_apart_all_get_their_answers(
             assert c.recorder.first_loud_after(c.mic.speech_ended_at) is not None
         # every peer was served by its own session, and each session answered one turn
         assert len({c.session_id for c in clients}) == len(QUESTIONS)
+        # /metrics counts the whisper decodes behind those finals, by encoder window
+        text = await asyncio.to_thread(_get, f"{srv.url}/metrics")
+        decodes = {
+            m.group(1): int(m.group(2))
+            for m in re.finditer(
+                r'seetalk_asr_decodes_total\{role="asr",window="(\w+)"\} (\d+)', text
+            )
+        }
+        assert sum(decodes.values()) >= len(QUESTIONS), text
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return str(r.read().decode())

@@ -15,7 +15,10 @@ from voice.asr import (
     StreamingRecognizer,
     Transcriber,
     decide_partial,
+    fitted_frames,
+    looks_looped,
     split_windows,
+    token_budget,
 )
 
 # --- pure pieces -----------------------------------------------------------------------------
@@ -277,6 +280,62 @@ def test_whisper_base_transcribes_espeak(whisper_base, espeak, normalize_words):
     got = normalize_words(whisper_base.transcribe(audio))
     assert overlap(sentence, got, normalize_words) >= 0.7, got
     assert whisper_base.transcribe_partial(audio)  # the same audio fits one partial window
+
+
+def test_fitted_window_is_the_audio_plus_a_margin_within_whisper_bounds():
+    assert fitted_frames(2.4) == 1000  # at least 10 s
+    assert fitted_frames(9.2) == 1100  # 9.2 + 1 s, whole seconds
+    assert fitted_frames(12.0) == 1300
+    assert fitted_frames(29.5) == 3000  # never past whisper's 30 s
+    assert token_budget(2.0) < token_budget(10.0) <= 400
+
+
+def test_looped_decodes_are_recognised():
+    budget = token_budget(2.4)
+    assert not looks_looped("What is 2 plus 3?", tokens=8, budget=budget)
+    assert looks_looped("What is 2 plus 3? What is 2", tokens=budget, budget=budget)
+    assert looks_looped("Wait, stop please. Wait, stop please.", tokens=10, budget=budget)
+    assert looks_looped(
+        "In America, China, China, China, China, China, China", tokens=20, budget=budget
+    )
+    assert not looks_looped(
+        "No, no, I said the blue one, not the red one", tokens=14, budget=budget
+    )
+    assert not looks_looped("", tokens=0, budget=budget)
+
+
+@pytest.mark.models
+def test_the_fitted_window_transcribes(whisper_base, espeak, normalize_words):
+    for sentence in ("what color is the cup on the table", "set a timer for ten minutes"):
+        before = dict(whisper_base.stats)
+        got = normalize_words(whisper_base.transcribe(espeak(sentence)))
+        assert whisper_base.stats["fitted"] == before["fitted"] + 1  # no fallback needed
+        assert overlap(sentence, got, normalize_words) >= 0.6, got
+
+
+@pytest.mark.models
+def test_a_looped_fitted_decode_falls_back_to_the_full_window(whisper_base, espeak, monkeypatch):
+    import voice.asr
+
+    audio = espeak("what is two plus three")
+    expected = Transcriber(whisper_base.model_dir, fit_window=False).transcribe(audio)
+    monkeypatch.setattr(voice.asr, "token_budget", lambda audio_s: 2)  # every decode "loops"
+    before = dict(whisper_base.stats)
+    assert whisper_base.transcribe(audio) == expected
+    assert whisper_base.stats["looped"] == before["looped"] + 1
+    assert whisper_base.stats["full"] == before["full"] + 1
+
+
+@pytest.mark.models
+def test_fitted_window_keeps_noise_and_silence_out(whisper_base):
+    rng = np.random.default_rng(0)
+    before = dict(whisper_base.stats)
+    assert whisper_base.transcribe(np.zeros(2 * SAMPLE_RATE, np.float32)) == ""
+    noise = (rng.standard_normal(2 * SAMPLE_RATE) * 0.01).astype(np.float32)
+    assert whisper_base.transcribe(noise) == ""
+    # no confident words in the fitted window: the full window decided, and found none
+    assert whisper_base.stats["unsure"] == before["unsure"] + 2
+    assert whisper_base.stats["full"] == before["full"] + 2
 
 
 @pytest.mark.models
