@@ -16,7 +16,8 @@ Printed and written per level: voice-to-voice (speech end -> first reply audio o
 server's own turn metrics) p50/p90/max, final transcript and endpoint times, answered and
 unanswered questions, turns where the preemptive reply was used, each model role's busy
 seconds over the level (CPU per role) and mean queue wait by priority (from ``/healthz``),
-skipped background jobs, and peers refused at connection. While the server reports
+skipped background jobs, whisper decodes by encoder window and refits (from ``/metrics``),
+and peers refused at connection. While the server reports
 ``overloaded``, one more peer tries to connect and its HTTP status (503 expected, with
 ``Retry-After``) is recorded. At the end: the largest N whose p90 stays within 1.5x of N=1.
 
@@ -35,6 +36,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -253,7 +255,18 @@ async def level(
                     probes.append(probe)
                 was = over
 
+        async def decodes() -> dict[str, int]:  # whisper decodes by window (/metrics)
+            text = (await http.get(f"{base}/metrics")).text
+            return {
+                f"{m[1]}:{m[2]}": int(m[3])
+                for m in re.finditer(
+                    r'seetalk_asr_(?:decodes|refits)_total\{role="(\w+)",\w+="(\w+)"\} (\d+)',
+                    text,
+                )
+            }
+
         before = (await load()).get("roles", {})
+        decodes_before = await decodes()
         t0 = time.monotonic()
         poller = asyncio.create_task(poll())
         try:
@@ -271,6 +284,7 @@ async def level(
                     raise  # we were cancelled, not just the poller
         elapsed = time.monotonic() - t0
         after = (await load()).get("roles", {})
+        decodes_after = await decodes()
     rows = [p if isinstance(p, dict) else {"error": repr(p), "turns": []} for p in peers]
     turns = [t for r in rows for t in r["turns"]]
     answered = [t for t in turns if isinstance(t.get("voice_to_voice_ms"), (int, float))]
@@ -293,6 +307,11 @@ async def level(
         "first_audio_ready_ms": stats("first_audio_ready_ms"),
         "preemptive_turns": sum(1 for t in answered if t.get("preemptive")),
         "roles": role_delta(before, after, elapsed),
+        "asr_decodes": {
+            k: n - decodes_before.get(k, 0)
+            for k, n in decodes_after.items()
+            if n - decodes_before.get(k, 0)
+        },
         "overloaded_seen": peaks["overloaded"],
         "capacity_estimate": peaks["capacity_estimate"],
         "overload_probes": probes,
@@ -315,6 +334,7 @@ def print_level(r: dict[str, Any]) -> None:
         f"voice_to_voice {f('voice_to_voice_ms')}  asr_final {f('asr_final_ms')}  "
         f"endpoint {f('endpoint_ms')}\n"
         f"   busy s by role: {busy}\n   mean wait ms by role and priority: {waits}\n"
+        f"   whisper decodes (role:window, role:refit reason): {r['asr_decodes']}\n"
         f"   skipped: {skipped}  overloaded seen: {r['overloaded_seen']}  "
         f"probes: {[(p['status'], p['retry_after']) for p in r['overload_probes']]}"
     )

@@ -29,7 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from conversation.filesession import run_session  # noqa: E402
 from models.engine import Engine  # noqa: E402
-from seetalk.config import SessionSettings  # noqa: E402
+from models.registry import resolve_asr  # noqa: E402
+from seetalk.config import ModelConfig, SessionSettings  # noqa: E402
+from voice.asr import Transcriber  # noqa: E402
 from voice.audio import load_audio_file, resample  # noqa: E402
 
 RATE = 16_000
@@ -163,11 +165,23 @@ async def barge_in_turn(
         run.audio[int(reply_start * rate) - 960 : int(stopped * rate) + 960].astype(np.float32)
         / 32768
     )
-    played = engine.transcriber.transcribe(resample(piece, rate, RATE))
+    played = reference_transcriber().transcribe(resample(piece, rate, RATE))
     result["heard_history"] = heard
     result["played_transcribed"] = played
     result["word_diff"] = len(words(heard)) - len(words(played))
     return result
+
+
+_REFERENCE: list[Transcriber] = []
+
+
+def reference_transcriber() -> Transcriber:
+    """Whisper base on the full 30 s window, to hear what played: the measuring ear, not the
+    engine's recognizer (whose fitted window is tuned for a person's turn, not a clip cut
+    inside a word)."""
+    if not _REFERENCE:
+        _REFERENCE.append(Transcriber(resolve_asr(ModelConfig()), fit_window=False))
+    return _REFERENCE[0]
 
 
 async def main() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from llm.backend import ChatMessage, GenerationSettings
-from llm.local import LlamaCppBackend, chat_handler_class
+from llm.local import LlamaCppBackend, StateCache, _SavedState, chat_handler_class
 from seetalk.errors import BackendError, ConfigError, ImagesRejected, ModelNotFound
 
 FRANCE = [
@@ -78,6 +78,65 @@ async def test_streams_an_answer(smol: LlamaCppBackend, counted: CountingLlama) 
     assert "".join(deltas).strip()
     assert len(deltas) <= 16  # one delta per token at most, max_tokens bounds them
     assert counted.chunks >= len(deltas)  # every delta came from the model, streamed
+
+
+def prompt_tokens_evaluated(backend: LlamaCppBackend) -> int:
+    import llama_cpp
+
+    return int(llama_cpp.llama_perf_context(backend._llama._ctx.ctx).n_p_eval)
+
+
+@pytest.mark.models
+async def test_sessions_taking_turns_keep_their_place_in_the_context(
+    smol: LlamaCppBackend,
+) -> None:
+    """Two conversations alternate on the one context: coming back to the first restores
+    its saved cells, so llama.cpp evaluates only the new words, not the whole history."""
+    history = " ".join(f"Fact {i}: the number {i} appears in old calendars." for i in range(12))
+    anna = [ChatMessage("system", "You are Anna's assistant. " + history)]
+    bob = [ChatMessage("system", "You are Bob's assistant. " + history)]
+    settings = GenerationSettings(temperature=0.0, max_tokens=8)
+
+    async def ask(convo: list[ChatMessage], question: str) -> int:
+        before = prompt_tokens_evaluated(smol)
+        convo.append(ChatMessage("user", question))
+        reply = "".join([d async for d in smol.stream(convo, settings)])
+        convo.append(ChatMessage("assistant", reply))
+        return prompt_tokens_evaluated(smol) - before
+
+    cold = await ask(anna, "What is the capital of France?")
+    saves, restores = smol.states.saves, smol.states.restores
+    await ask(bob, "What is two plus two?")
+    assert smol.states.saves == saves + 1  # Anna's place, before Bob's prompt replaced it
+    back = await ask(anna, "And of Spain?")
+    assert smol.states.restores == restores + 1
+    assert back < cold / 3, (back, cold)  # the new turn only, not the history again
+
+
+def saved(key: tuple[str, ...], size: int = 10) -> _SavedState:
+    return _SavedState(key, ids=None, data=None, size=size)
+
+
+def test_state_cache_finds_the_longest_shared_beginning_and_stays_bounded() -> None:
+    cache = StateCache(max_bytes=30)
+    cache.put(saved(("sys", "anna1")))
+    cache.put(saved(("sys", "bob1")))
+    state, n = cache.best(("sys", "anna1", "reply", "anna2"))
+    assert state is not None and state.key == ("sys", "anna1") and n == 2
+    cache.put(saved(("sys", "anna1", "reply", "anna2")))  # Anna's older state goes
+    assert [s.key for s in cache.states] == [("sys", "bob1"), ("sys", "anna1", "reply", "anna2")]
+    cache.put(saved(("sys", "carol1")))
+    cache.put(saved(("sys", "dave1")))  # over 30 bytes: the least recently saved go
+    assert [s.key for s in cache.states] == [
+        ("sys", "anna1", "reply", "anna2"),
+        ("sys", "carol1"),
+        ("sys", "dave1"),
+    ]
+    state, _ = cache.best(("sys", "dave1", "x"))
+    assert state is not None
+    cache.take(state)
+    assert state not in cache.states and cache.restores == 1
+    assert cache.best(("other",)) == (None, 0)
 
 
 @pytest.mark.models

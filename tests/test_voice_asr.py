@@ -302,6 +302,12 @@ def test_looped_decodes_are_recognised():
         "No, no, I said the blue one, not the red one", tokens=14, budget=budget
     )
     assert not looks_looped("", tokens=0, budget=budget)
+    # a loop cut off inside its last word, and a word said three times (not a loop)
+    assert looks_looped(
+        "named Zephyr and Zephyr and Zephyr and Zephyr and Zep", tokens=20, budget=budget
+    )
+    assert not looks_looped("No, no, no, I meant the other one.", tokens=10, budget=budget)
+    assert looks_looped("China, China, China, China", tokens=10, budget=budget)
 
 
 @pytest.mark.models

@@ -89,14 +89,20 @@ def token_budget(audio_s: float) -> int:
 
 def looks_looped(text: str, *, tokens: int, budget: int) -> bool:
     """Whether a fitted-window decode went round in a loop: it used its whole token budget,
-    its last three or more words repeat the ones before them, or it compresses like a
-    loop."""
+    its last three or more words repeat the ones before them, a word or a phrase of up to six
+    comes four or three times in a row ("Zephyr and Zephyr and Zephyr and Zep"; "no, no, no"
+    is three), or it compresses like a loop."""
     if tokens >= budget:
         return True
     words = re.sub(r"[^\w' ]", " ", text.lower()).split()
     for n in range(3, len(words) // 2 + 1):
         if words[-n:] == words[-2 * n : -n]:
             return True
+    for n in range(1, 7):
+        times = 4 if n == 1 else 3
+        for i in range(len(words) - n * times + 1):
+            if all(words[i + k * n : i + (k + 1) * n] == words[i : i + n] for k in range(times)):
+                return True
     raw = text.encode("utf-8")
     return bool(raw) and len(raw) / len(zlib.compress(raw)) > LOOP_COMPRESSION
 
