@@ -64,6 +64,7 @@ class Conversation:
         self.max_items = max_items
         self.max_image_bytes = max_image_bytes
         self.images_dropped = 0  # images removed from history by the byte budget
+        self._window_from: str | None = None  # the first item the model sees (messages())
 
     @property
     def image_bytes(self) -> int:
@@ -100,13 +101,30 @@ class Conversation:
         self.items = [i for i in self.items if i.id != item_id]
         return len(self.items) != before
 
+    def _window_start(self, recent: list[Item], turns: int) -> int:
+        """Where the model's view of ``recent`` begins: it holds at most ``turns`` items.
+        The start stays where it was while the items after it fit, and when they no longer
+        do it moves on to leave half of ``turns``. A window sliding by one item every turn
+        changes the model input from its first message on, so llama.cpp re-read the whole
+        window at every reply (12 items: 1-2 s at four sessions on 2 cores); now it re-reads
+        it once every ``turns / 4`` or so exchanges. ``turns`` 0: everything, as before."""
+        if turns <= 0:
+            return 0
+        ids = [i.id for i in recent]
+        start = ids.index(self._window_from) if self._window_from in ids else 0
+        if len(recent) - start > turns:
+            start = len(recent) - max(1, turns // 2)
+        self._window_from = ids[start] if start < len(ids) else None
+        return start
+
     def messages(
         self, instructions: str, turns: int, *, with_images: bool = True
     ) -> list[ChatMessage]:
-        """The chat the model sees: the instructions, then the last ``turns`` items. Images
-        go only with the newest user message that has them (older frames cost context)."""
+        """The chat the model sees: the instructions, then at most the last ``turns`` items
+        (:meth:`_window_start`). Images go only with the newest user message that has them
+        (older frames cost context)."""
         recent = [i for i in self.items if i.text.strip() or i.images or i.kind != "message"]
-        recent = recent[-turns:]
+        recent = recent[self._window_start(recent, turns) :]
         newest_with_images = next((i.id for i in reversed(recent) if i.images), None)
         out = [ChatMessage("system", instructions)]
         for item in recent:

@@ -73,6 +73,9 @@ class GenerationSettings:
     max_tokens: int = 120
     temperature: float = 0.3
     stop: tuple[str, ...] = ()
+    # whose conversation this is (the session id): the in-process model keeps each one's
+    # place in its context between turns; servers ignore it
+    conversation: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:

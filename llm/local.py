@@ -10,13 +10,14 @@ one context (KV cache) per model, so a second generation interleaved token by to
 evict the first's prompt and make it evaluate again.
 
 Sessions take turns on the one context, and a context that re-reads a session's whole history
-on every switch costs seconds (about 300 tokens: 1-2 s on one core). So each session's place
-in it is kept: before a prompt that does not continue what the context holds, the context's
-key-value cells are copied out (``llama_state_seq_get_data``, a few MB, 15-45 ms) into a
-bounded LRU keyed by the prompt's messages, and the saved state whose messages begin the new
-prompt the longest way is copied back in (1-3 ms); llama.cpp then evaluates only what
-follows. Measured with two alternating sessions: first token 2.1-2.3 s -> 17-33 ms. Not with
-a vision projector (its chat handler evaluates images into the context itself).
+on every switch costs seconds (about 300 tokens: 1-2 s on one core). So each conversation's
+place in it is kept (``GenerationSettings.conversation``, the session id): when another
+conversation's prompt comes, the context's key-value cells are copied out
+(``llama_state_seq_get_data``, a few MB, 15-45 ms) into a bounded LRU, one state per
+conversation, and that conversation's saved state is copied back in (1-3 ms); llama.cpp then
+evaluates only what follows the part of the prompt they share. Measured with two alternating
+sessions: first token 2.1-2.3 s -> 17-33 ms. Not with a vision projector (its chat handler
+evaluates images into the context itself).
 
 Tokens go back to the loop through a bounded :class:`asyncio.Queue` fed with
 ``loop.call_soon_threadsafe``. Overflow policy: backpressure. When ``queue_size`` deltas
@@ -67,62 +68,45 @@ STATE_CACHE_MB = 256  # saved session states kept (LRU; one of 2048 tokens is ab
 
 @dataclasses.dataclass
 class _SavedState:
-    """One session's place in the context: its key-value cells and the tokens they hold."""
+    """One conversation's place in the context: its key-value cells and the tokens they hold."""
 
-    key: tuple[str, ...]  # the prompt's messages (JSON), see _messages_key
+    conversation: str
     ids: Any  # numpy array of the tokens in the cells
     data: Any  # ctypes buffer from llama_state_seq_get_data
     size: int
 
 
-def _messages_key(payload: Sequence[dict[str, Any]]) -> tuple[str, ...]:
-    return tuple(json.dumps(m, sort_keys=True) for m in payload)
-
-
-def _common(a: tuple[str, ...], b: tuple[str, ...]) -> int:
-    """Leading messages ``a`` and ``b`` share."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 class StateCache:
-    """Saved context states by prompt messages, bounded by bytes, least recently used out.
-
-    Pure bookkeeping (no llama.cpp calls), used from the model's one thread."""
+    """Saved context states, one per conversation, bounded by bytes, least recently saved
+    out. Pure bookkeeping (no llama.cpp calls), used from the model's one thread."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self.states: list[_SavedState] = []  # oldest first
+        self.states: dict[str, _SavedState] = {}  # oldest first
         self.saves = 0
         self.restores = 0
 
     @property
     def bytes(self) -> int:
-        return sum(s.size for s in self.states)
+        return sum(s.size for s in self.states.values())
 
     def put(self, state: _SavedState) -> None:
-        """Keep ``state``; states it extends (the same conversation, earlier) go."""
-        self.states = [s for s in self.states if _common(s.key, state.key) < len(s.key)]
-        self.states.append(state)
+        """Keep ``state`` (it replaces its conversation's older one)."""
+        self.states.pop(state.conversation, None)
+        self.states[state.conversation] = state
         self.saves += 1
         while self.states and self.bytes > self.max_bytes:
-            self.states.pop(0)
+            del self.states[next(iter(self.states))]
 
-    def best(self, key: tuple[str, ...]) -> tuple[_SavedState | None, int]:
-        """The state whose messages begin ``key`` the longest way, and how many."""
-        best, n = None, 0
-        for s in self.states:
-            if (m := _common(s.key, key)) > n:
-                best, n = s, m
-        return best, n
+    def take(self, conversation: str) -> _SavedState | None:
+        """The conversation's saved state, out of the cache (the context holds it now)."""
+        state = self.states.pop(conversation, None)
+        if state is not None:
+            self.restores += 1
+        return state
 
-    def take(self, state: _SavedState) -> None:
-        self.states.remove(state)
-        self.restores += 1
+    def forget(self, conversation: str) -> None:
+        self.states.pop(conversation, None)
 
 
 class _Pipe:
@@ -245,7 +229,7 @@ class LlamaCppBackend:
         self.load_seconds: float | None = None
         self._queue_size = queue_size
         self.states = StateCache(state_cache_mb * 1_000_000)
-        self._held: tuple[str, ...] = ()  # the messages of the prompt the context holds
+        self._held: str | None = None  # the conversation the context holds
         self._llama: Any = None
         self._load_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(
@@ -395,7 +379,7 @@ class LlamaCppBackend:
 
                 grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
             if self.mmproj_path is None and self.states.max_bytes > 0:
-                self._switch(llama, _messages_key(payload))
+                self._switch(llama, settings.conversation)
             chunks = llama.create_chat_completion(
                 grammar=grammar,
                 messages=payload,
@@ -422,14 +406,15 @@ class LlamaCppBackend:
         else:
             pipe.finish(_END)
 
-    def _switch(self, llama: Any, key: tuple[str, ...]) -> None:
-        """Before a prompt with messages ``key``: save what the context holds unless the
-        prompt continues it, and restore the saved state that begins the prompt best."""
+    def _switch(self, llama: Any, conversation: str | None) -> None:
+        """Before a prompt of ``conversation``: unless the context holds that conversation
+        already, save the one it holds and restore this one's saved state."""
         import llama_cpp
 
-        held, self._held = self._held, key
-        kept = _common(held, key)
-        if held and kept < len(held) and getattr(llama, "n_tokens", 0) > 0:
+        held, self._held = self._held, conversation
+        if conversation is not None and conversation == held:
+            return  # llama.cpp reuses the prefix it holds by itself
+        if held is not None and getattr(llama, "n_tokens", 0) > 0:
             ctx = llama._ctx.ctx
             size = int(llama_cpp.llama_state_seq_get_size(ctx, 0))
             data = (ctypes.c_uint8 * size)()
@@ -437,10 +422,9 @@ class LlamaCppBackend:
             if 0 < got <= size:
                 ids = llama.input_ids[: llama.n_tokens].copy()
                 self.states.put(_SavedState(held, ids, data, got))
-        state, n = self.states.best(key)
-        if state is None or n <= kept:
+        state = self.states.take(conversation) if conversation is not None else None
+        if state is None:
             return
-        self.states.take(state)
         llama._ctx.kv_cache_seq_rm(0, -1, -1)
         if int(llama_cpp.llama_state_seq_set_data(llama._ctx.ctx, state.data, state.size, 0)):
             llama.input_ids[: state.ids.size] = state.ids
@@ -448,6 +432,11 @@ class LlamaCppBackend:
         else:  # could not restore: start from nothing (llama.cpp evaluates the whole prompt)
             llama._ctx.kv_cache_seq_rm(0, -1, -1)
             llama.n_tokens = 0
+
+    def forget(self, conversation: str) -> None:
+        """The conversation ended: its saved state goes (on the model's thread)."""
+        if not self._closed:
+            self._executor.submit(self.states.forget, conversation)
 
     def _free(self) -> None:
         with self._load_lock:

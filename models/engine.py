@@ -156,9 +156,13 @@ class Engine:
         return {role.name: role.stats() for role in self.executors}
 
     def forget(self, session: str) -> None:
-        """A session ended: its fair-share accounts go."""
+        """A session ended: its fair-share accounts and its saved place in the local
+        model's context go."""
         for role in self.executors:
             role.forget(session)
+        forget = getattr(self.backend, "forget", None)
+        if callable(forget):
+            forget(session)
 
     def asr_stats(self) -> dict[str, dict[str, int]]:
         """Local whisper decodes per role: ``fitted`` and ``full`` windows, and why fitted
@@ -195,6 +199,7 @@ class ScheduledBackend:
     async def stream(
         self, messages: Sequence[ChatMessage], settings: GenerationSettings
     ) -> AsyncGenerator[str, None]:
+        settings = dataclasses.replace(settings, conversation=self.session)
         async with self.role.hold(self.session, self.priority, kind="generation"):
             stream = self.inner.stream(messages, settings)
             try:
@@ -207,6 +212,7 @@ class ScheduledBackend:
         self, messages: Sequence[ChatMessage], settings: GenerationSettings, tools: ToolUse
     ) -> AsyncGenerator[str | ToolCallDelta, None]:
         """The model's own tool handling (:func:`llm.tools.tool_stream`), scheduled."""
+        settings = dataclasses.replace(settings, conversation=self.session)
         async with self.role.hold(self.session, self.priority, kind="generation"):
             stream = tool_stream(self.inner, messages, settings, tools)
             try:

@@ -95,48 +95,45 @@ async def test_sessions_taking_turns_keep_their_place_in_the_context(
     history = " ".join(f"Fact {i}: the number {i} appears in old calendars." for i in range(12))
     anna = [ChatMessage("system", "You are Anna's assistant. " + history)]
     bob = [ChatMessage("system", "You are Bob's assistant. " + history)]
-    settings = GenerationSettings(temperature=0.0, max_tokens=8)
 
-    async def ask(convo: list[ChatMessage], question: str) -> int:
+    async def ask(convo: list[ChatMessage], who: str, question: str) -> int:
         before = prompt_tokens_evaluated(smol)
         convo.append(ChatMessage("user", question))
+        settings = GenerationSettings(temperature=0.0, max_tokens=8, conversation=who)
         reply = "".join([d async for d in smol.stream(convo, settings)])
         convo.append(ChatMessage("assistant", reply))
         return prompt_tokens_evaluated(smol) - before
 
-    cold = await ask(anna, "What is the capital of France?")
+    cold = await ask(anna, "anna", "What is the capital of France?")
     saves, restores = smol.states.saves, smol.states.restores
-    await ask(bob, "What is two plus two?")
+    await ask(bob, "bob", "What is two plus two?")
     assert smol.states.saves == saves + 1  # Anna's place, before Bob's prompt replaced it
-    back = await ask(anna, "And of Spain?")
+    back = await ask(anna, "anna", "And of Spain?")
     assert smol.states.restores == restores + 1
     assert back < cold / 3, (back, cold)  # the new turn only, not the history again
+    assert set(smol.states.states) == {"bob"}  # Anna's state is in the context, not kept twice
+    smol.forget("bob")  # the session ended
+    await asyncio.wrap_future(smol._executor.submit(lambda: None))
+    assert not smol.states.states
 
 
-def saved(key: tuple[str, ...], size: int = 10) -> _SavedState:
-    return _SavedState(key, ids=None, data=None, size=size)
+def saved(conversation: str, size: int = 10) -> _SavedState:
+    return _SavedState(conversation, ids=None, data=None, size=size)
 
 
-def test_state_cache_finds_the_longest_shared_beginning_and_stays_bounded() -> None:
+def test_state_cache_keeps_one_state_per_conversation_within_its_bound() -> None:
     cache = StateCache(max_bytes=30)
-    cache.put(saved(("sys", "anna1")))
-    cache.put(saved(("sys", "bob1")))
-    state, n = cache.best(("sys", "anna1", "reply", "anna2"))
-    assert state is not None and state.key == ("sys", "anna1") and n == 2
-    cache.put(saved(("sys", "anna1", "reply", "anna2")))  # Anna's older state goes
-    assert [s.key for s in cache.states] == [("sys", "bob1"), ("sys", "anna1", "reply", "anna2")]
-    cache.put(saved(("sys", "carol1")))
-    cache.put(saved(("sys", "dave1")))  # over 30 bytes: the least recently saved go
-    assert [s.key for s in cache.states] == [
-        ("sys", "anna1", "reply", "anna2"),
-        ("sys", "carol1"),
-        ("sys", "dave1"),
-    ]
-    state, _ = cache.best(("sys", "dave1", "x"))
-    assert state is not None
-    cache.take(state)
-    assert state not in cache.states and cache.restores == 1
-    assert cache.best(("other",)) == (None, 0)
+    cache.put(saved("anna"))
+    cache.put(saved("bob"))
+    cache.put(saved("anna", size=12))  # Anna's newer place replaces her older one
+    assert list(cache.states) == ["bob", "anna"] and cache.bytes == 22
+    cache.put(saved("carol"))  # over 30 bytes: the least recently saved goes
+    assert list(cache.states) == ["anna", "carol"]
+    state = cache.take("anna")
+    assert state is not None and state.size == 12 and cache.restores == 1
+    assert cache.take("anna") is None  # the context holds it now
+    cache.forget("carol")
+    assert not cache.states and cache.take("dave") is None
 
 
 @pytest.mark.models
