@@ -325,11 +325,34 @@ def test_a_looped_fitted_decode_falls_back_to_the_full_window(whisper_base, espe
 
     audio = espeak("what is two plus three")
     expected = Transcriber(whisper_base.model_dir, fit_window=False).transcribe(audio)
-    monkeypatch.setattr(voice.asr, "token_budget", lambda audio_s: 2)  # every decode "loops"
+    monkeypatch.setattr(voice.asr, "looks_looped", lambda text, **kw: True)  # every one loops
     before = dict(whisper_base.stats)
     assert whisper_base.transcribe(audio) == expected
     assert whisper_base.stats["looped"] == before["looped"] + 1
     assert whisper_base.stats["full"] == before["full"] + 1
+
+
+@pytest.mark.models
+def test_the_full_window_decode_is_bounded_too(whisper_base, espeak, monkeypatch):
+    """A looping decode on the full window once ran to 448 tokens at six temperatures (a
+    3 s final took 10-11 s on a loaded machine): its tokens and retries are bounded."""
+    model = whisper_base.load()
+    calls = []
+    real = model.transcribe
+
+    def spy(audio, **kwargs):
+        calls.append(kwargs)
+        return real(audio, **kwargs)
+
+    monkeypatch.setattr(model, "transcribe", spy)
+    audio = espeak("what is two plus three")
+    whisper_base.fit_window = False  # the full window, on the spied model
+    try:
+        assert whisper_base.transcribe(audio)
+    finally:
+        whisper_base.fit_window = True
+    assert calls and calls[-1]["max_new_tokens"] == token_budget(audio.size / SAMPLE_RATE)
+    assert len(calls[-1]["temperature"]) == 2
 
 
 @pytest.mark.models

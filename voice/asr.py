@@ -70,6 +70,7 @@ FIT_MIN_S = 10.0  # shortest fitted encoder window: shorter ones loop often (5 s
 FIT_MARGIN_S = 1.0  # silence after the audio inside the window
 FRAMES_PER_S = 100  # whisper's mel frames
 LOOP_COMPRESSION = 2.4  # whisper's own threshold for a repetitive decode
+FULL_TEMPERATURES = (0.0, 0.4)  # the full window's fallback (faster-whisper's default: 6)
 
 
 def fitted_frames(
@@ -179,6 +180,11 @@ class Transcriber:
             condition_on_previous_text=False,
             without_timestamps=True,
             initial_prompt=prompt or None,
+            # A decode that loops runs to 448 tokens, and faster-whisper's default fallback
+            # tries five more temperatures: a looping 3 s final took 10-11 s on a loaded
+            # machine. The token budget and two temperatures bound it.
+            max_new_tokens=token_budget(audio.size / SAMPLE_RATE),
+            temperature=FULL_TEMPERATURES,
         )
         # Whisper turns murmurs, breath and noise into words with low confidence ("Hmm" came
         # back as "them" at -1.2); its own decoder treats below -1.0 as a failed decode.
