@@ -114,8 +114,8 @@ class Transcriber:
     executor from async code.
 
     ``fit_window`` (default): encode a window fitted to the audio, falling back to the full
-    30 s window when the decode looks looped (module docstring); ``False``: always the full
-    window, as faster-whisper does."""
+    30 s window when the decode looks looped or finds no confident words (module docstring);
+    ``False``: always the full window, as faster-whisper does."""
 
     def __init__(
         self,
