@@ -33,9 +33,7 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -45,12 +43,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.reference import espeak16k  # noqa: E402
 from conversation.budget import context_of  # noqa: E402
 from conversation.session import Session  # noqa: E402
 from models.engine import Engine  # noqa: E402
 from seetalk.clock import VirtualClock  # noqa: E402
 from seetalk.config import SessionSettings  # noqa: E402
-from voice.audio import load_audio_file, resample  # noqa: E402
 
 RATE = 16_000
 STEP_S = 0.1
@@ -61,14 +59,6 @@ QUESTIONS = (
     "Can you describe the scene again?",
     "How many sides does a triangle have?",
 )
-
-
-def speech(text: str) -> np.ndarray:
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "q.wav"
-        subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)
-        audio, rate = load_audio_file(path)
-    return resample(audio, rate, RATE).astype(np.float32)
 
 
 def frame(t: float) -> np.ndarray:
@@ -131,7 +121,7 @@ def save(path: str, result: dict[str, Any]) -> None:
 
 async def run(minutes: float, every: float, out: str) -> dict[str, Any]:
     engine = await asyncio.to_thread(Engine.load)
-    questions = [speech(q) for q in QUESTIONS]
+    questions = [espeak16k(q) for q in QUESTIONS]
     reference_s = whisper_reference(questions[0])
     clock = VirtualClock()
     settings = SessionSettings(history_turns=200)  # truncation bounds the input, not a count

@@ -1,4 +1,5 @@
-"""The machine's reference figure, printed beside every benchmark's timings.
+"""What the benchmarks share: the machine's reference figure, printed beside every
+benchmark's timings, and spoken questions from espeak-ng.
 
 One whisper-base pass over about 3 s of speech on the full 30 s window, as faster-whisper runs
 it. seetalk's own recognizer fits the encoder window to the audio and is about 2.7x faster on
@@ -9,7 +10,10 @@ and from before that change, compare.
 from __future__ import annotations
 
 import statistics
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -32,3 +36,14 @@ def whisper_base_ms(speech16k: np.ndarray, *, runs: int = 3) -> float:
         tr.transcribe(audio)
         times.append((time.perf_counter() - t0) * 1000)
     return round(statistics.median(times), 1)
+
+
+def espeak16k(text: str) -> np.ndarray:
+    """``text`` spoken by espeak-ng: mono float32 at 16 kHz."""
+    from voice.audio import load_audio_file, resample
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "q.wav"
+        subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)
+        audio, rate = load_audio_file(path)
+    return resample(audio, rate, RATE).astype(np.float32)

@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -44,6 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.reference import espeak16k  # noqa: E402
 from conversation.mcp import McpServer, python_command  # noqa: E402
 from conversation.protocol import parse_client_object  # noqa: E402
 from conversation.server_tools import ServerTool, time_tool  # noqa: E402
@@ -51,7 +51,6 @@ from conversation.session import Session  # noqa: E402
 from models.engine import Engine  # noqa: E402
 from seetalk.clock import MonotonicClock  # noqa: E402
 from seetalk.config import SessionSettings  # noqa: E402
-from voice.audio import load_audio_file, resample  # noqa: E402
 
 RATE = 16_000
 STEP_S = 0.02
@@ -80,14 +79,6 @@ SERVER = textwrap.dedent(
     '''
 )
 CALLED = ("response.function_call_arguments.done", "response.mcp_call_arguments.done")
-
-
-def speak(text: str) -> np.ndarray:
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "q.wav"
-        subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)
-        audio, rate = load_audio_file(path)
-    return resample(audio, rate, RATE).astype(np.float32)
 
 
 def last_voiced_s(audio: np.ndarray, level: float = 0.01) -> float:
@@ -217,7 +208,7 @@ async def main() -> int:
     t0 = time.perf_counter()
     engine = await asyncio.to_thread(Engine.load)
     print(f"models loaded in {time.perf_counter() - t0:.1f} s")
-    question, slow_question = speak(QUESTION), speak(SLOW_QUESTION)
+    question, slow_question = espeak16k(QUESTION), espeak16k(SLOW_QUESTION)
     reference_ms = whisper_reference(question)
 
     import os
