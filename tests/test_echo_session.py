@@ -60,9 +60,14 @@ async def test_without_echo_handling_the_same_reply_interrupts_itself(engine, ti
 async def test_a_person_talking_over_the_echo_stops_the_reply_as_fast_as_without(engine, timeline):
     audio = timeline([(0.5, QUESTION), (6.5, "Stop. What is two plus two?")], 14.0)
     onset = onset_of(audio, 6.0)
+    # a reply still playing at 6.5 s: the model's story was once over by then (it samples)
+    long_story = SessionSettings(
+        instructions="Always answer with a long story of at least twelve sentences.",
+        max_output_tokens=400,
+    )
     stops = {}
     for name, spec in (("echo", SPEAKERPHONE), ("free", None)):
-        run = await run_session(engine, audio, 16_000, fast=True, echo=spec)
+        run = await run_session(engine, audio, 16_000, fast=True, echo=spec, settings=long_story)
         roles = [(h["role"], h["interrupted"]) for h in run.history]
         assert roles[:3] == [("user", False), ("assistant", True), ("user", False)], name
         text = run.history[2]["text"].lower()
